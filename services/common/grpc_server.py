@@ -1,0 +1,198 @@
+"""The one place that assembles a gRPC server: health, reflection, interceptors, graceful stop.
+
+A service's `__main__` builds its servicer, hands it to `GrpcServer.add`, and awaits
+`serve_until_stopped()`. SIGTERM/SIGINT turn health to NOT_SERVING, stop accepting new calls,
+give in-flight calls `shutdown_grace_s`, then return so the caller closes its resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .config import GrpcServiceSettings
+from .errors import EaselError
+from .metrics import GRPC_SERVER_LATENCY, GRPC_SERVER_REQUESTS
+from .telemetry import extract
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("easel.grpc.server")
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    """Errors, metrics and tracing for every unary and server-streaming method."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        carrier = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        short = method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, short, carrier),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method, short, carrier),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(
+        self, fn: Callable[..., Any], method: str, short: str, carrier: dict[str, str]
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            with tracer.start_as_current_span(
+                method.lstrip("/"), context=extract(carrier), kind=SpanKind.SERVER
+            ) as span:
+                try:
+                    return await fn(request, context)
+                except EaselError as exc:
+                    code = exc.status
+                    span.set_attribute("easel.error_code", exc.code)
+                    await context.abort(exc.status, exc.message, exc.trailing_metadata())
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    code = context.code() or grpc.StatusCode.CANCELLED  # type: ignore[assignment]
+                    raise
+                except Exception as exc:
+                    code = grpc.StatusCode.INTERNAL
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR))
+                    log.exception("unhandled error in %s", method)
+                    await context.abort(
+                        grpc.StatusCode.INTERNAL,
+                        "Something went wrong on our side; try again, and report it if it persists.",
+                        (("easel-error-code", "internal"),),
+                    )
+                finally:
+                    self._observe(short, code, start)
+
+        return wrapper
+
+    def _stream(
+        self, fn: Callable[..., AsyncIterator[Any]], method: str, short: str, carrier: dict[str, str]
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            with tracer.start_as_current_span(
+                method.lstrip("/"), context=extract(carrier), kind=SpanKind.SERVER
+            ) as span:
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except EaselError as exc:
+                    code = exc.status
+                    span.set_attribute("easel.error_code", exc.code)
+                    await context.abort(exc.status, exc.message, exc.trailing_metadata())
+                except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception as exc:
+                    code = grpc.StatusCode.INTERNAL
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR))
+                    log.exception("unhandled error in %s", method)
+                    await context.abort(
+                        grpc.StatusCode.INTERNAL,
+                        "Something went wrong on our side; try again, and report it if it persists.",
+                        (("easel-error-code", "internal"),),
+                    )
+                finally:
+                    self._observe(short, code, start)
+
+        return wrapper
+
+    def _observe(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        GRPC_SERVER_REQUESTS.labels(self.service, method, code.name).inc()
+        GRPC_SERVER_LATENCY.labels(self.service, method).observe(time.perf_counter() - start)
+
+
+class GrpcServer:
+    def __init__(self, service: str, settings: GrpcServiceSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self.server = grpc.aio.server(
+            interceptors=[_Interceptor(service)],
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._names: list[str] = []
+        self.port = 0
+        self._stop = asyncio.Event()
+
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
+        register(servicer, self.server)
+        self._names.append(full_name)
+
+    async def start(self) -> int:
+        reflection.enable_server_reflection(
+            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            self.server,
+        )
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise SystemExit(f"easel: cannot listen on {address}; set EASEL_GRPC_PORT to a free port")
+        await self.server.start()
+        await self.set_serving(True)
+        log.info("grpc listening", extra={"grpc_port": self.port, "services": self._names})
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._names]:
+            await self.health.set(name, status)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def serve_until_stopped(self, on_stopping: Callable[[], Awaitable[None]] | None = None) -> None:
+        if not self.port:
+            await self.start()
+        self.install_signal_handlers()
+        await self._stop.wait()
+        log.info("stopping: health NOT_SERVING, finishing in-flight calls")
+        await self.set_serving(False)
+        if on_stopping is not None:
+            await on_stopping()
+        await self.server.stop(self.settings.shutdown_grace_s)
+        log.info("stopped")
