@@ -53,3 +53,20 @@ def nats_url(nats_server: EmbeddedNats) -> str:
 def unique() -> str:
     """A short random suffix for names that must not collide between tests."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled test models: `./models` when `make models` built them, else built once into tmp."""
+    import subprocess
+    import sys
+
+    local = Path("models").resolve()
+    if (local / "tiny-sd" / "easel-model.json").exists():
+        return local
+    target = tmp_path_factory.mktemp("models")
+    subprocess.run(
+        [sys.executable, "-m", "services.inference.fetch", "--models-dir", str(target), "--bundled"],
+        check=True,
+    )
+    return target

@@ -46,10 +46,16 @@ async def connect_pool(
             )
             assert pool is not None
             return pool
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidCatalogNameError) or (
-                time.monotonic() > deadline
-            ):
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            # A malformed URL (asyncpg raises ValueError for a bad port) will not heal by waiting.
+            hopeless = (
+                asyncpg.InvalidPasswordError
+                | asyncpg.InvalidCatalogNameError
+                | asyncpg.InvalidAuthorizationSpecificationError
+                | asyncpg.ClientConfigurationError
+                | ValueError
+            )
+            if isinstance(exc, hopeless) or time.monotonic() > deadline:
                 raise SettingsError(
                     "EASEL_DATABASE_URL",
                     f"cannot connect to {_redact(dsn)} ({type(exc).__name__}: {exc}); "
@@ -60,7 +66,7 @@ async def connect_pool(
 
 async def migrate(pool: asyncpg.Pool, schema: str, folder: Path) -> list[str]:
     """Applies the SQL files in `folder` not yet applied to `schema`; returns the versions applied."""
-    files = sorted(p for p in folder.glob("*.sql"))
+    scripts = await asyncio.to_thread(lambda: [(p.stem, p.read_text()) for p in sorted(folder.glob("*.sql"))])
     applied_now: list[str] = []
     async with pool.acquire() as conn:
         # hashtext keeps one lock per schema; the lock is released with the session-level unlock.
@@ -71,14 +77,15 @@ async def migrate(pool: asyncpg.Pool, schema: str, folder: Path) -> list[str]:
                 f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
                 "version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
-            for path in files:
-                version = path.stem
+            done = {
+                r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
+            }
+            for version, sql in scripts:
                 if version in done:
                     continue
                 async with conn.transaction():
                     await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
-                    await conn.execute(path.read_text())
+                    await conn.execute(sql)
                     await conn.execute(
                         f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version
                     )

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("easel.grpc.server")
 
 
-class _Interceptor(grpc.aio.ServerInterceptor):
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Errors, metrics and tracing for every unary and server-streaming method."""
 
     def __init__(self, service: str) -> None:
@@ -77,7 +77,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     span.set_attribute("easel.error_code", exc.code)
                     await context.abort(exc.status, exc.message, exc.trailing_metadata())
                 except (asyncio.CancelledError, grpc.aio.AbortError):
-                    code = context.code() or grpc.StatusCode.CANCELLED  # type: ignore[assignment]
+                    code = context.code() or grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
                     code = grpc.StatusCode.INTERNAL
@@ -157,8 +157,11 @@ class GrpcServer:
 
     async def start(self) -> int:
         reflection.enable_server_reflection(
-            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *self._names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             self.server,
         )
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"

@@ -90,11 +90,13 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
 
-    def _popen_kwargs(self) -> dict[str, object]:
+    @staticmethod
+    def _ids() -> tuple[int | None, int | None, list[int] | None]:
+        """uid, gid and supplementary groups to run the server as (all None when not root)."""
         user = _pg_user()
         if user is None:
-            return {}
-        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            return None, None, None
+        return user.pw_uid, user.pw_gid, []
 
     def init(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -103,26 +105,54 @@ class EmbeddedPostgres:
         user = _pg_user()
         if user is not None:
             _open_path_for(user, self.data_dir)
+        uid, gid, groups = self._ids()
         subprocess.run(  # nosec B603
-            [_pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--no-instructions"],
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
             check=True,
             capture_output=True,
-            **self._popen_kwargs(),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
 
     def start(self, timeout: float = 30.0) -> None:
         self.init()
         # A server killed hard leaves its pid file; postgres removes a stale one itself.
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        uid, gid, groups = self._ids()
         self.proc = subprocess.Popen(  # nosec B603
-            [_pg_bin("postgres"), "-D", str(self.data_dir), "-h", self.host, "-p", str(self.port),
-             "-k", "", "-c", "fsync=off" if os.environ.get("EASEL_PG_FAST") else "fsync=on",
-             "-c", "max_connections=200"],
+            [
+                _pg_bin("postgres"),
+                "-D",
+                str(self.data_dir),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-k",
+                "",
+                "-c",
+                "fsync=off" if os.environ.get("EASEL_PG_FAST") else "fsync=on",
+                "-c",
+                "max_connections=200",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **self._popen_kwargs(),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
         wait_port(self.host, self.port, timeout, self.proc)
         self._ensure_database(timeout)
@@ -131,8 +161,19 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout
         while True:
             check = subprocess.run(  # nosec B603
-                [_pg_bin("psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                 "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
+                [
+                    _pg_bin("psql"),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-tAc",
+                    f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+                ],
                 capture_output=True,
                 text=True,
             )
@@ -181,10 +222,20 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(  # nosec B603
-            [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.data_dir),
-             "--server_name", f"easel-{self.port}"],
+            [
+                nats_server_binary(),
+                "-a",
+                self.host,
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.data_dir),
+                "--server_name",
+                f"easel-{self.port}",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

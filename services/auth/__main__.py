@@ -1,0 +1,55 @@
+"""`python -m services.auth`: the auth gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from easel.auth.v1 import auth_pb2_grpc
+from services.common.config import load_settings
+from services.common.db import database
+from services.common.grpc_server import GrpcServer
+from services.common.process import run, setup_process
+
+from .housekeeping import housekeeping_loop
+from .passwords import Passwords
+from .servicer import AuthServicer
+from .settings import AuthSettings
+from .store import Store
+from .throttle import Throttle
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def main() -> None:
+    settings = load_settings(AuthSettings)
+    setup_process("auth", settings)
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(
+            database(settings.database_url, "auth", MIGRATIONS, settings.db_pool_min, settings.db_pool_max)
+        )
+        passwords = stack.enter_context(Passwords(settings))
+        db, throttle = Store(pool), Throttle(pool, settings)
+        server = GrpcServer("auth", settings)
+        server.add(
+            auth_pb2_grpc.add_AuthServicer_to_server,
+            AuthServicer(db, throttle, passwords, settings),
+            "easel.auth.v1.Auth",
+        )
+        await server.start()
+        chores = asyncio.create_task(
+            housekeeping_loop(db, throttle, settings.auth_housekeeping_interval_s), name="auth-housekeeping"
+        )
+
+        async def on_stopping() -> None:
+            chores.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chores
+
+        await server.serve_until_stopped(on_stopping)
+
+
+if __name__ == "__main__":
+    run(main())

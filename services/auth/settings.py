@@ -1,0 +1,61 @@
+"""Settings of the auth service, all from `EASEL_*` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from services.common.config import DatabaseSettings
+
+
+class AuthSettings(DatabaseSettings):
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+
+    # Comma-separated usernames (any case) that get the admin role.
+    auth_admin_users: str = ""
+
+    auth_session_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # Lifetime of an API key created without an explicit ttl, and the longest one may ask for.
+    auth_api_key_max_ttl_s: int = Field(default=2 * 365 * 24 * 3600, ge=60)
+    auth_api_key_ttl_s: int = Field(default=90 * 24 * 3600, ge=60)
+    auth_max_api_keys: int = Field(default=50, ge=1)
+
+    auth_password_min_length: int = Field(default=10, ge=6, le=128)
+
+    # Brute-force protection: this many failures within the window locks the account (or the
+    # client address) for the lockout time. Addresses get more room: many people share one NAT.
+    auth_login_max_failures: int = Field(default=5, ge=1)
+    auth_login_max_failures_per_address: int = Field(default=50, ge=1)
+    auth_login_window_s: int = Field(default=900, ge=1)
+    auth_login_lockout_s: int = Field(default=900, ge=1)
+
+    # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile). Tests lower them.
+    auth_argon2_time_cost: int = Field(default=3, ge=1)
+    auth_argon2_parallelism: int = Field(default=4, ge=1)
+    auth_argon2_memory_kib: int = Field(default=65536, ge=8)
+    # Threads that hash passwords; bounds the memory argon2 can take at once.
+    auth_hash_workers: int = Field(default=4, ge=1, le=64)
+
+    # How often expired sessions and stale throttle rows are deleted.
+    auth_housekeeping_interval_s: float = Field(default=3600.0, gt=0)
+
+    # Field validators (not a model validator) so that a bad value is reported under its own name.
+    @field_validator("auth_api_key_ttl_s")
+    @classmethod
+    def _ttl_within_max(cls, value: int, info: ValidationInfo) -> int:
+        longest = info.data.get("auth_api_key_max_ttl_s")
+        if longest is not None and value > longest:
+            raise ValueError(f"must not exceed EASEL_AUTH_API_KEY_MAX_TTL_S ({longest})")
+        return value
+
+    @field_validator("auth_argon2_memory_kib")
+    @classmethod
+    def _memory_fits_lanes(cls, value: int, info: ValidationInfo) -> int:
+        lanes = info.data.get("auth_argon2_parallelism")
+        if lanes is not None and value < 8 * lanes:
+            raise ValueError(f"must be at least 8 x EASEL_AUTH_ARGON2_PARALLELISM ({8 * lanes})")
+        return value
+
+    @property
+    def admin_usernames(self) -> frozenset[str]:
+        return frozenset(u.strip().lower() for u in self.auth_admin_users.split(",") if u.strip())
