@@ -1,0 +1,48 @@
+"""`python -m services.gateway`: settings, logging and tracing, then serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from services.common.config import SettingsError, load_settings
+from services.common.logs import setup_logging
+from services.common.process import run
+from services.common.telemetry import setup_tracing
+
+from .app import create_app
+from .settings import GatewaySettings
+
+log = logging.getLogger("services.gateway")
+
+
+async def main() -> None:
+    settings = load_settings(GatewaySettings)
+    setup_logging("gateway", settings.log_level)
+    setup_tracing("gateway")
+    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SettingsError(
+            "EASEL_HTTP_PORT", f"cannot listen on {settings.http_host}:{settings.http_port} ({exc})"
+        ) from None
+    log.info("http listening", extra={"http_host": settings.http_host, "http_port": settings.http_port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests")
+    await runner.cleanup()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    run(main())

@@ -1,0 +1,143 @@
+"""Protobuf messages → the JSON shapes of the public API (documented in openapi.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from easel.auth.v1 import auth_pb2
+from easel.gallery.v1 import gallery_pb2
+from easel.inference.v1 import inference_pb2
+
+from .urls import image_file_url, shared_file_url
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def timestamp(msg: Any, name: str) -> str | None:
+    """An RFC 3339 UTC time, or None when the field is unset."""
+    if not msg.HasField(name):
+        return None
+    ts: Timestamp = getattr(msg, name)
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return str(ts.ToJsonString())
+
+
+def params(params_json: str) -> dict[str, Any]:
+    if not params_json:
+        return {}
+    try:
+        value = json.loads(params_json)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def user(u: auth_pb2.User) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "username": u.username,
+        "email": u.email,
+        "role": u.role,
+        "created_at": timestamp(u, "created_at"),
+    }
+
+
+def api_key(k: auth_pb2.ApiKey) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "created_at": timestamp(k, "created_at"),
+        "expires_at": timestamp(k, "expires_at"),
+        "last_used_at": timestamp(k, "last_used_at"),
+    }
+
+
+def job(request: web.Request, j: inference_pb2.Job) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": j.id,
+        "status": j.status,
+        "kind": j.kind,
+        "model": j.model,
+        "progress": {"step": j.step, "steps": j.steps},
+        "images": [
+            {
+                "id": ref.id,
+                "index": ref.index,
+                "url": image_file_url(request, ref.id),
+                "thumb_url": image_file_url(request, ref.id, thumb=True),
+            }
+            for ref in j.images
+        ],
+        "params": params(j.params_json),
+        "cached": j.cached,
+        "created_at": timestamp(j, "created_at"),
+        "started_at": timestamp(j, "started_at"),
+        "finished_at": timestamp(j, "finished_at"),
+    }
+    if j.status == "queued" and j.position > 0:
+        out["position"] = j.position
+    if j.error_code or j.error_message:
+        out["error"] = {"code": j.error_code or "failed", "message": j.error_message}
+    return out
+
+
+def image(
+    request: web.Request, img: gallery_pb2.Image, share_token: str | None = None, absolute: bool = True
+) -> dict[str, Any]:
+    if share_token:
+        url = shared_file_url(request, share_token, absolute=absolute)
+        thumb = shared_file_url(request, share_token, thumb=True, absolute=absolute)
+    else:
+        url = image_file_url(request, img.id, absolute=absolute)
+        thumb = image_file_url(request, img.id, thumb=True, absolute=absolute)
+    return {
+        "id": img.id,
+        "owner": {"id": img.owner_id, "username": img.owner_username},
+        "visibility": img.visibility,
+        "width": img.width,
+        "height": img.height,
+        "title": img.title,
+        "tags": list(img.tags),
+        "params": params(img.params_json),
+        "kind": img.kind,
+        "job_id": img.job_id or None,
+        "content_type": img.content_type,
+        "size_bytes": img.size_bytes,
+        "url": url,
+        "thumb_url": thumb,
+        "created_at": timestamp(img, "created_at"),
+        "likes": img.like_count,
+        "liked": img.liked_by_actor,
+    }
+
+
+def image_page(
+    request: web.Request, resp: gallery_pb2.ListImagesResponse, absolute: bool = True
+) -> dict[str, Any]:
+    return {
+        "items": [image(request, img, absolute=absolute) for img in resp.items],
+        "next_cursor": resp.next_cursor or None,
+    }
+
+
+def model(m: inference_pb2.ModelInfo) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "family": m.family,
+        "kinds": list(m.kinds),
+        "default": m.is_default,
+        "default_width": m.default_width,
+        "default_height": m.default_height,
+        "default_steps": m.default_steps,
+        "default_guidance": round(float(m.default_guidance), 4),
+        "default_sampler": m.default_sampler,
+        "min_size": m.min_size,
+        "max_size": m.max_size,
+        "samplers": list(m.samplers),
+    }

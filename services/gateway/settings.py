@@ -1,0 +1,36 @@
+"""Gateway settings: `EASEL_*` environment variables, validated at start."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from services.common.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # The address people reach the studio at (https://art.example.org); used for absolute links
+    # (share links, image URLs). Unset: taken from each request's Host and X-Forwarded-Proto.
+    public_url: str | None = None
+    # "auto": Secure when the request came over TLS or with X-Forwarded-Proto: https.
+    cookie_secure: bool | Literal["auto"] = "auto"
+    # Use the first X-Forwarded-For address as the client address (only behind a trusted proxy).
+    trust_forwarded_for: bool = False
+    # How long /readyz waits for each backend's health check.
+    ready_timeout_s: float = Field(default=2.0, gt=0)
+    # Seconds between keep-alive comments on an idle server-sent event stream.
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    # Largest request body accepted, in bytes.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (for example https://art.example.org)")
+        return value.rstrip("/")
