@@ -9,7 +9,7 @@ MODELS_DIR ?= models
 MODELS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow lint typecheck proto models fetch-models bench clean distclean help
+.PHONY: run test test-slow lint typecheck proto models fetch-models bench clean distclean help browser setup venv
 
 help:
 	@echo "make run     start the whole studio at http://127.0.0.1:8080 (embedded Postgres and NATS)"
@@ -30,11 +30,13 @@ venv: $(VENV)/.installed
 
 # Stubs are generated, never committed: easel/ is ignored by git.
 easel/.generated: $(VENV)/.installed $(PROTOS)
-	rm -rf easel
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. \
-		--mypy_out=. --mypy_grpc_out=. $(PROTOS)
-	find easel -type d -exec touch {}/__init__.py \;
-	@touch $@
+	rm -rf .easel.tmp && mkdir .easel.tmp
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -I proto --python_out=.easel.tmp \
+		--grpc_python_out=.easel.tmp --mypy_out=.easel.tmp --mypy_grpc_out=.easel.tmp $(PROTOS)
+	find .easel.tmp/easel -type d -exec touch {}/__init__.py \;
+	@touch .easel.tmp/easel/.generated
+	# Swapped in whole, so a running process never imports a half-written package.
+	rm -rf easel && mv .easel.tmp/easel easel && rmdir .easel.tmp
 
 proto: easel/.generated
 
@@ -52,7 +54,17 @@ setup: easel/.generated $(MODELS_DIR)/.bundled
 run: setup
 	$(PY) -m services.local run
 
-test: setup
+# The browser tests drive Debian's Chromium (a browser download is not possible on every machine).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's chromium for the browser tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "make test needs chromium for the browser tests: sudo apt-get install chromium"; exit 1; \
+		fi; }
+
+test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: easel/.generated

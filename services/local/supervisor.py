@@ -135,7 +135,7 @@ class Supervisor:
                     name,
                     code,
                     delay,
-                    extra={"process": name, "exit_code": code, "restarts": child.restarts},
+                    extra={"service_name": name, "exit_code": code, "restarts": child.restarts},
                 )
             elif now >= due:
                 del self.next_restart[name]

@@ -11,16 +11,15 @@ from services.local.stack import Ports, Stack
 
 
 @pytest.fixture(scope="session")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, nats_url: str, models_dir: Path
-) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("stack")
     s = Stack(
         run_dir=run_dir,
         models_dir=models_dir,
         ports=Ports.free(),
         database_url=postgres_url,
-        nats_url=nats_url,
+        # Its own NATS: stacks that share one would pull each other's jobs off the work queue.
+        nats_url=None,
         log_dir=run_dir / "logs",
         grace=10,
     )

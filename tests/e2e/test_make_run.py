@@ -105,7 +105,11 @@ def test_supervisor_lifecycle(run_env: dict[str, str], tmp_path: Path) -> None:
     first = Supervisor(run_env, tmp_path / "first.log")
     try:
         first.wait_ready()
-        assert f"Easel is up: {first.url}" in first.output()
+        # The URL is printed once the supervisor has seen every process healthy, a moment after /readyz.
+        deadline = time.monotonic() + 30
+        while f"Easel is up: {first.url}" not in first.output():
+            assert time.monotonic() < deadline, first.output()[-3000:]
+            time.sleep(0.1)
         name = f"sv{uuid.uuid4().hex[:8]}"
         password = "a long and unusual passphrase"
         status, _ = _post(
@@ -153,4 +157,5 @@ def test_supervisor_lifecycle(run_env: dict[str, str], tmp_path: Path) -> None:
         assert status == 200, body
         assert body["token"]
     finally:
-        assert again.stop() == 0
+        code = again.stop()
+    assert code == 0, again.output()[-3000:]

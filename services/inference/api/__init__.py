@@ -1,0 +1,1 @@
+"""The inference job API: `python -m services.inference.api`."""

@@ -1,0 +1,34 @@
+"""Settings of the inference job API, all from `EASEL_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.common.config import DEFAULT_NATS_URL, DatabaseSettings
+
+
+class InferenceApiSettings(DatabaseSettings):
+    grpc_port: int = Field(default=50053, ge=0, le=65535)
+    metrics_port: int = Field(default=9103, ge=0, le=65535)
+    nats_url: str = DEFAULT_NATS_URL
+    models_dir: Path = Path("./models")
+    # Empty: `tiny-sd` when installed, else the first installed model by name.
+    default_model: str = ""
+
+    # Per-user limits. In flight = queued or running; the day is the UTC calendar day.
+    jobs_in_flight_limit: int = Field(default=8, ge=1)
+    jobs_per_day_limit: int = Field(default=1000, ge=1)
+    # At most the engine's own limit (2000), which a worker enforces anyway.
+    prompt_max_chars: int = Field(default=2000, ge=1, le=2000)
+
+    # Identical requests with an explicit seed are answered from stored images (no GPU work).
+    result_cache: bool = True
+
+    # How often a WatchJob stream re-checks the queue position of a queued job.
+    watch_position_interval_s: float = Field(default=1.0, gt=0)
+    # How long the model list read from EASEL_MODELS_DIR is reused before it is read again.
+    models_refresh_s: float = Field(default=5.0, ge=0)
+    # How often queue depth and consumer lag are read from JetStream for /metrics.
+    queue_metrics_interval_s: float = Field(default=5.0, gt=0)

@@ -1,0 +1,1 @@
+"""The inference worker: `python -m services.inference.worker`."""

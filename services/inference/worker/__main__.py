@@ -1,0 +1,133 @@
+"""`python -m services.inference.worker`: a GPU (or CPU) worker (settings in worker/settings.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from easel.gallery.v1 import gallery_pb2_grpc
+from services.common.config import SettingsError, load_settings
+from services.common.errors import EaselError
+from services.common.grpc_client import channel
+from services.common.logs import setup_logging
+from services.common.messaging import connect, ensure_streams
+from services.common.process import run
+from services.common.telemetry import setup_tracing
+from services.inference.messages import cancel_bucket
+from services.inference.models import ModelManifest, ModelsDirError, discover_models
+
+from .http import StatusServer
+from .metrics import LOADED_MODELS, MEMORY, READY
+from .runner import Worker
+from .settings import WorkerSettings
+
+log = logging.getLogger("services.inference.worker")
+
+
+def served_models(settings: WorkerSettings) -> dict[str, ModelManifest]:
+    try:
+        installed = discover_models(settings.models_dir)
+    except ModelsDirError as exc:
+        raise SettingsError("EASEL_MODELS_DIR", str(exc)) from None
+    wanted = settings.served()
+    if not wanted:
+        return installed
+    missing = [m for m in wanted if m not in installed]
+    if missing:
+        raise SettingsError(
+            "EASEL_WORKER_MODELS",
+            f"{', '.join(missing)} not installed in {settings.models_dir}; installed: {', '.join(installed)}",
+        )
+    return {m: installed[m] for m in wanted}
+
+
+async def main() -> None:
+    settings = load_settings(WorkerSettings)
+    setup_logging("inference-worker", settings.log_level)
+    setup_tracing("inference-worker")
+    models = served_models(settings)
+
+    # Imported only now: torch is heavy, and a worker without models should say so at once.
+    from services.inference.engine import Engine
+
+    holder: dict[str, Worker] = {}
+
+    def ready() -> bool:
+        worker = holder.get("worker")
+        return worker is not None and worker.ready and worker.nc.is_connected
+
+    def refresh() -> None:
+        worker = holder.get("worker")
+        if worker is None:
+            return
+        stats = worker.engine.memory_stats()
+        for key, value in stats.items():
+            if key == "loaded_models":
+                LOADED_MODELS.set(value)
+            else:
+                MEMORY.labels(key).set(value)
+
+    status = StatusServer(settings.metrics_host, settings.metrics_port, ready, refresh)
+    await status.start()
+    try:
+        engine = Engine(
+            models, settings.worker_device, settings.worker_dtype, settings.worker_memory_budget_bytes
+        )
+        nc = await connect(settings.nats_url, "inference-worker")
+        js = nc.jetstream()
+        await ensure_streams(js)
+        gallery_channel = channel(settings.gallery_target, "gallery", settings.rpc_timeout_s)
+        worker = Worker(
+            settings,
+            engine,
+            models,
+            nc,
+            js,
+            await cancel_bucket(js),
+            gallery_pb2_grpc.GalleryStub(gallery_channel),
+        )
+        holder["worker"] = worker
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+
+        if settings.worker_preload:
+            try:
+                await worker.preload()
+            except EaselError as exc:
+                raise SettingsError("EASEL_WORKER_MODELS", exc.message) from None
+        await worker.bind()
+        if not worker.stopping.is_set():
+            worker.ready = True
+            READY.set(1)
+        log.info("worker ready", extra={"models": list(models), "worker": worker.name})
+
+        running = asyncio.create_task(worker.run())
+        stopping = asyncio.create_task(worker.stopping.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        READY.set(0)
+        if running.done():
+            running.result()  # a crashed loop ends the process with its error
+        log.info("stopping: finishing the batch in hand")
+        try:
+            await asyncio.wait_for(asyncio.shield(running), timeout=settings.shutdown_grace_s)
+        except TimeoutError:
+            log.warning("grace period over: returning the unfinished batch to the queue")
+            worker.abort()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(running, timeout=10)
+        stopping.cancel()
+        await worker.unbind()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), timeout=10)
+        await gallery_channel.close()
+        log.info("stopped")
+    finally:
+        await status.stop()
+
+
+if __name__ == "__main__":
+    run(main())

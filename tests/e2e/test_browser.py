@@ -1,0 +1,372 @@
+"""The web UI in a real headless Chromium against one real stack (every process, Postgres, NATS).
+
+The tests run in order and share what they made: Ada registers, generates, opens and publishes her
+image, inpaints it and manages API keys; Bob (an administrator) finds it in the community feed from
+a second browser context, likes and hides it. Screenshots of the generate and image pages land in
+the module's tmp dir (the path is printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from services.local.stack import Ports, Stack
+
+pytestmark = pytest.mark.timeout(240)
+
+PASSWORD = "correct horse battery staple"
+NEW_PASSWORD = "a brand new battery horse"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+JOB_TIMEOUT_MS = 90_000
+STEPS = 4
+
+
+@dataclass
+class World:
+    base: str
+    shots: Path
+    ada: str = field(default_factory=lambda: f"ada{uuid.uuid4().hex[:8]}")
+    bob: str = field(default_factory=lambda: f"bob{uuid.uuid4().hex[:8]}")
+    prompt: str = field(default_factory=lambda: f"lighthouse {uuid.uuid4().hex[:6]} at dusk")
+    image_id: str = ""
+
+
+async def _create_database(postgres_url: str) -> str:
+    name = f"browser_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    shots = tmp_path_factory.mktemp("screenshots")
+    print(f"\nscreenshots: {shots}")
+    return World(base="", shots=shots)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path, world: World
+) -> Iterator[Stack]:
+    """Our own database (the community feed is ours alone) and our own NATS (work queues are
+    shared by every worker on a server); Bob is an administrator."""
+    run_dir = tmp_path_factory.mktemp("browser-stack")
+    s = Stack(
+        run_dir=run_dir,
+        models_dir=models_dir,
+        ports=Ports.free(),
+        database_url=asyncio.run(_create_database(postgres_url)),
+        nats_url=None,
+        extra_env={"EASEL_AUTH_ADMIN_USERS": world.bob},
+        log_dir=run_dir / "logs",
+        grace=10,
+    )
+    try:
+        s.start()
+        world.base = s.gateway_url
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _context(browser: Browser) -> BrowserContext:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860}, color_scheme="light")
+    ctx.set_default_timeout(20_000)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def ada(browser: Browser) -> Iterator[Page]:
+    ctx = _context(browser)
+    page = ctx.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # the "are you sure?" confirms
+    yield page
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def bob(browser: Browser) -> Iterator[Page]:
+    ctx = _context(browser)
+    page = ctx.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    yield page
+    ctx.close()
+
+
+def _http(
+    method: str, url: str, token: str | None = None, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, method=method, data=data)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _register(page: Page, base: str, username: str) -> None:
+    page.goto(f"{base}/register")
+    page.fill("#f-username", username)
+    page.fill("#f-email", f"{username}@example.com")
+    page.fill("#f-password", PASSWORD)
+    page.fill("#f-password_confirm", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def _wait_done(page: Page) -> None:
+    """The job panel says Done; fails at once with the form's message if the submit was refused."""
+    page.wait_for_function(
+        """() => ['completed', 'failed', 'cancelled'].includes(
+                     document.getElementById('job-panel').dataset.status)
+                 || [...document.querySelectorAll('[data-error-for]')].some(e => e.textContent)""",
+        timeout=JOB_TIMEOUT_MS,
+    )
+    refused = [t for t in page.locator("[data-error-for]").all_inner_texts() if t.strip()]
+    assert not refused, refused
+    status = page.get_attribute("#job-panel", "data-status")
+    assert status == "completed", page.inner_text("#job-panel")
+
+
+def test_register_and_log_in(world: World, stack: Stack, ada: Page) -> None:
+    base = world.base
+    _register(ada, base, world.ada)
+    expect(ada.locator(".account .who")).to_have_text(world.ada)
+    # Mismatched passwords are explained next to the field, not as a page error.
+    ada.click("text=Log out")
+    ada.wait_for_url(re.compile(r"/login"))
+    ada.fill("#f-username", world.ada)
+    ada.fill("#f-password", "not the password at all")
+    ada.click("button[type=submit]")
+    expect(ada.locator(".alert, .error").first).to_be_visible()
+    assert ada.url.endswith("/login")
+    ada.fill("#f-username", world.ada)
+    ada.fill("#f-password", PASSWORD)
+    ada.click("button[type=submit]")
+    ada.wait_for_url(f"{base}/")
+    expect(ada.locator("h1")).to_have_text("Generate")
+
+
+def test_generate_shows_progress_to_the_end(world: World, ada: Page) -> None:
+    ada.goto(f"{world.base}/")
+    # Record every step counter text the page shows while the job runs.
+    ada.evaluate(
+        """() => {
+            window.__details = [];
+            const el = document.getElementById('job-detail');
+            new MutationObserver(() => window.__details.push(el.textContent))
+                .observe(el, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    ada.fill("#f-prompt", world.prompt)
+    ada.fill("#f-steps", str(STEPS))
+    ada.fill("#f-seed", "1234")
+    ada.click("#generate-btn")
+    expect(ada.locator("#job-panel")).to_be_visible()
+    _wait_done(ada)
+    bar = ada.locator("#job-progress")
+    assert bar.evaluate("el => [el.value, el.max]") == [STEPS, STEPS]
+    expect(ada.locator("#job-detail")).to_contain_text(f"Step {STEPS} / {STEPS}")
+    details: list[str] = ada.evaluate("() => window.__details")
+    assert any(d.startswith("Step ") or "queue" in d or "worker" in d for d in details), details
+    tile = ada.locator("#job-images a.tile").first
+    expect(tile).to_be_visible()
+    href = tile.get_attribute("href") or ""
+    assert href.startswith("/images/")
+    world.image_id = href.removeprefix("/images/")
+    # The result image really loaded (not a broken image icon).
+    assert tile.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    ada.screenshot(path=str(world.shots / "generate.png"), full_page=True)
+
+
+def test_open_image_and_make_it_public(world: World, ada: Page) -> None:
+    ada.click("#job-images a.tile")
+    ada.wait_for_url(f"{world.base}/images/{world.image_id}")
+    expect(ada.locator("#visibility-badge")).to_have_text("private")
+    expect(ada.locator(".params")).to_contain_text(world.prompt)
+    ada.select_option("#f-visibility", "public")
+    ada.fill("#f-title", "Lighthouse")
+    ada.click("#settings-form button[type=submit]")
+    expect(ada.locator("#visibility-badge")).to_have_text("public")
+    expect(ada.locator("h1")).to_have_text("Lighthouse")
+    # A share link is shown once, then revoked: it stops working.
+    ada.click("#share-create")
+    link = ada.locator("#share-url").input_value()
+    assert "/s/" in link
+    assert _status(f"{link}/file") == 200  # opens without an account
+    ada.click("#share-revoke")
+    expect(ada.locator(".notice")).to_contain_text("share link")
+    assert _status(f"{link}/file") == 404
+    ada.screenshot(path=str(world.shots / "image.png"), full_page=True)
+
+
+def test_second_account_sees_it_in_the_community(world: World, bob: Page) -> None:
+    _register(bob, world.base, world.bob)
+    bob.goto(f"{world.base}/community")
+    tile = bob.locator(f'a.tile[href="/images/{world.image_id}"]')
+    expect(tile).to_be_visible()
+    tile.click()
+    bob.wait_for_url(f"{world.base}/images/{world.image_id}")
+    expect(bob.locator("#like-count")).to_have_text("0")
+    bob.click("#like-btn")
+    expect(bob.locator("#like-count")).to_have_text("1")
+    expect(bob.locator("#like-btn")).to_have_attribute("aria-pressed", "true")
+    # Not the owner: no settings form, but remix and report are offered.
+    expect(bob.locator("#settings-form")).to_have_count(0)
+    bob.click("#remix-link")
+    expect(bob.locator("#f-prompt")).to_have_value(world.prompt)
+    expect(bob.locator("#f-seed")).to_have_value("1234")
+    expect(bob.locator("#f-steps")).to_have_value(str(STEPS))
+    # Search finds it by a word of its prompt.
+    bob.fill("#top-search", world.prompt.split()[1])
+    bob.press("#top-search", "Enter")
+    expect(bob.locator(f'a.tile[href="/images/{world.image_id}"]')).to_be_visible()
+    bob.goto(f"{world.base}/community?order=most_liked")
+    expect(bob.locator(".tabs a[aria-current]")).to_have_text("Most liked")
+    expect(bob.locator(f'a.tile[href="/images/{world.image_id}"]')).to_be_visible()
+
+
+def test_admin_hides_and_unhides(world: World, bob: Page, ada: Page) -> None:
+    bob.goto(f"{world.base}/images/{world.image_id}")
+    bob.click("#hide-btn")
+    expect(bob.locator(".alert")).to_contain_text("moderator hid")
+    bob.goto(f"{world.base}/community")
+    expect(bob.locator(f'a.tile[href="/images/{world.image_id}"]')).to_have_count(0)
+    # The owner still sees it, marked as hidden, and it is gone for anonymous visitors.
+    ada.goto(f"{world.base}/images/{world.image_id}")
+    expect(ada.locator(".alert")).to_contain_text("moderator hid")
+    assert _http("GET", f"{world.base}/api/v1/images/{world.image_id}")[0] == 404
+    bob.goto(f"{world.base}/images/{world.image_id}")
+    bob.click("#hide-btn")
+    expect(bob.locator(".alert")).to_have_count(0)
+    assert _http("GET", f"{world.base}/api/v1/images/{world.image_id}")[0] == 200
+
+
+def test_inpaint_with_a_drawn_mask(world: World, ada: Page) -> None:
+    ada.goto(f"{world.base}/images/{world.image_id}")
+    ada.click("#edit-link")
+    ada.wait_for_url(re.compile(r"/edit\?image="))
+    ada.click("label.segment:has(input[value=inpaint])")
+    canvas = ada.locator("#mask-canvas")
+    expect(canvas).to_be_visible()
+    # Submitting without a mask is explained next to the canvas.
+    ada.fill("#f-prompt", "a red door")
+    ada.click("#edit-btn")
+    expect(ada.locator('[data-error-for="mask"]')).to_contain_text("Paint over")
+    box = canvas.bounding_box()
+    assert box is not None and box["width"] > 50
+    x0, y0 = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3
+    ada.mouse.move(x0, y0)
+    ada.mouse.down()
+    for i in range(1, 11):
+        ada.mouse.move(x0 + box["width"] * 0.04 * i, y0 + box["height"] * 0.03 * i)
+    ada.mouse.up()
+    painted = canvas.evaluate(
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n / (d.length / 4); }"
+    )
+    assert 0.005 < painted < 0.5, painted
+    ada.fill("#f-steps", str(STEPS))
+    ada.click("#edit-btn")
+    _wait_done(ada)
+    tile = ada.locator("#job-images a.tile").first
+    href = tile.get_attribute("href") or ""
+    assert href.startswith("/images/") and href != f"/images/{world.image_id}"
+    assert tile.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    jobs = ada.request.get(f"{world.base}/api/v1/jobs?limit=1").json()
+    assert jobs["items"][0]["kind"] == "inpaint"
+    assert jobs["items"][0]["status"] == "completed"
+
+
+def test_api_keys_create_and_revoke(world: World, ada: Page) -> None:
+    ada.goto(f"{world.base}/settings/keys")
+    expect(ada.locator("#no-keys")).to_be_visible()
+    ada.click("#create-key")  # no name: the error sits next to the field
+    expect(ada.locator("#e-name")).to_be_visible()
+    ada.fill("#f-name", "browser test key")
+    ada.click("#create-key")
+    secret = ada.locator("#new-key-secret").input_value()
+    assert secret.startswith("esk_")
+    status, me = _http("GET", f"{world.base}/api/v1/auth/me", secret)
+    assert status == 200 and me["user"]["username"] == world.ada
+    row = ada.locator("#keys-table tbody tr", has_text="browser test key")
+    expect(row).to_have_count(1)
+    # The secret is shown once: a reload shows only the prefix.
+    ada.goto(f"{world.base}/settings/keys")
+    expect(ada.locator("#new-key-secret")).to_have_count(0)
+    ada.locator("#keys-table tbody tr", has_text="browser test key").locator("button").click()
+    expect(ada.locator(".notice")).to_contain_text("revoked")
+    expect(ada.locator("#keys-table tbody tr", has_text="browser test key")).to_have_count(0)
+    status, body = _http("GET", f"{world.base}/api/v1/auth/me", secret)
+    assert status == 401, body
+
+
+def test_change_password(world: World, ada: Page) -> None:
+    ada.goto(f"{world.base}/settings/password")
+    ada.fill("#f-current_password", "wrong password here")
+    ada.fill("#f-new_password", NEW_PASSWORD)
+    ada.fill("#f-new_password_confirm", NEW_PASSWORD)
+    ada.click("#change-password")
+    expect(ada.locator("#e-current_password")).to_be_visible()
+    ada.fill("#f-current_password", PASSWORD)
+    ada.fill("#f-new_password", NEW_PASSWORD)
+    ada.fill("#f-new_password_confirm", NEW_PASSWORD)
+    ada.click("#change-password")
+    expect(ada.locator(".notice")).to_contain_text("password is changed")
+    # This session survives; the old password is dead, the new one works.
+    ada.goto(f"{world.base}/settings/keys")
+    expect(ada.locator(".account .who")).to_have_text(world.ada)
+    login = f"{world.base}/api/v1/auth/login"
+    assert _http("POST", login, body={"username": world.ada, "password": PASSWORD})[0] == 401
+    assert _http("POST", login, body={"username": world.ada, "password": NEW_PASSWORD})[0] == 200
