@@ -67,8 +67,18 @@ browser:
 test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Checks too slow for `make test` (long soak and load runs); CI runs them too.
+test-slow: setup browser
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || test $$? -eq 5  # 5: no slow test selected
+
+bench: setup
+	$(PY) bench/auth_throughput.py
+	@if [ -f bench/control_plane.py ]; then $(PY) bench/control_plane.py; fi
+	@if [ -f bench/gpu_throughput.py ]; then $(PY) bench/gpu_throughput.py; fi
+
 lint: easel/.generated
 	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
 	$(VENV)/bin/mypy services
 	$(VENV)/bin/bandit -q -c pyproject.toml -r services
 
