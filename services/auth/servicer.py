@@ -201,7 +201,11 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
                 raise _invalid_token()
             kind = parsed.kind
             is_session = parsed.kind == "session"
-            cred = await (self.db.session(parsed.id) if is_session else self.db.api_key(parsed.id))
+            # A key's last_used_at is touched by the same statement that reads it (only when live
+            # and matching), so Authenticate is one database round trip for either kind.
+            cred = await (
+                self.db.session(parsed.id) if is_session else self.db.api_key_in_use(parsed.id, parsed.digest)
+            )
             if cred is None or not tokens.matches(parsed, cred.secret_hash):
                 raise _invalid_token()
             if cred.revoked:
@@ -215,8 +219,6 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
                 if is_session:
                     raise unauthenticated("session_expired", "Your session has expired; sign in again.")
                 raise unauthenticated("api_key_expired", "This API key has expired; create a new one.")
-            if not is_session:
-                await self.db.touch_api_key(cred.id)
         except EaselError as exc:
             AUTHENTICATIONS.labels(kind, exc.code).inc()
             raise

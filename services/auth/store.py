@@ -244,6 +244,22 @@ class Store:
         )
         return Credential(**dict(row)) if row else None
 
+    async def api_key_in_use(self, key_id: uuid.UUID, digest: bytes) -> Credential | None:
+        """`api_key`, and in the same statement the `touch_api_key` of a key that is live and whose
+        secret matches `digest` (one round trip for Authenticate instead of two)."""
+        row = await self.pool.fetchrow(
+            "WITH touched AS (UPDATE api_keys SET last_used_at = now() "
+            "WHERE id = $1 AND secret_hash = $2 AND revoked_at IS NULL AND expires_at > now() "
+            "AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds') RETURNING id) "
+            "SELECT k.id, k.secret_hash, k.expires_at <= now() AS expired, "
+            "k.revoked_at IS NOT NULL AS revoked, "
+            "u.id AS user_id, u.username, u.role, k.scopes "
+            "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
+            key_id,
+            digest,
+        )
+        return Credential(**dict(row)) if row else None
+
     async def touch_api_key(self, key_id: uuid.UUID) -> None:
         # At most one write a minute per key: last_used_at is for people, not for accounting.
         await self.pool.execute(

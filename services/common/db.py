@@ -3,22 +3,91 @@
 Each service keeps numbered SQL files (`0001_init.sql`, ...) in its own `migrations/` folder. At
 start it applies the ones not yet recorded in `<schema>.schema_migrations`, each in a transaction,
 under an advisory lock so that replicas starting together do not race.
+
+Every pool opened here is reported on /metrics (`easel_db_pool_size`, `easel_db_pool_in_use`,
+`easel_db_pool_max`, by schema) until it is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .config import SettingsError
 
 log = logging.getLogger(__name__)
+
+
+class PoolCollector(Collector):
+    """Reads the open pools at scrape time, so the figures are never stale.
+
+    Scrapes run on the metrics server's thread; the pool methods used only count the pool's
+    connection holders, which is safe to do from there. asyncpg pools take no weak references, so
+    pools are registered and unregistered explicitly (and a closed one is dropped on the next scrape).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: list[tuple[str, asyncpg.Pool]] = []
+
+    def add(self, schema: str, pool: asyncpg.Pool) -> None:
+        with self._lock:
+            self._pools.append((schema, pool))
+
+    def remove(self, pool: asyncpg.Pool) -> None:
+        with self._lock:
+            self._pools = [(s, p) for s, p in self._pools if p is not pool]
+
+    def describe(self) -> Iterator[Metric]:
+        # Declared up front, so the names are known (and checkable) before any pool exists.
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            self._pools = [(s, p) for s, p in self._pools if not p.is_closing()]
+            pools = list(self._pools)
+        size, in_use, most = self._families()
+        totals: dict[str, list[int]] = {}
+        for schema, pool in pools:
+            row = totals.setdefault(schema, [0, 0, 0])
+            opened = pool.get_size()
+            row[0] += opened
+            row[1] += max(0, opened - pool.get_idle_size())
+            row[2] += pool.get_max_size()
+        for schema, (opened, busy, cap) in sorted(totals.items()):
+            size.add_metric([schema], opened)
+            in_use.add_metric([schema], busy)
+            most.add_metric([schema], cap)
+        return iter((size, in_use, most))
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "easel_db_pool_size", "Connections open in this process's pool, by schema.", labels=["schema"]
+            ),
+            GaugeMetricFamily(
+                "easel_db_pool_in_use",
+                "Connections of the pool checked out by a query or transaction, by schema.",
+                labels=["schema"],
+            ),
+            GaugeMetricFamily(
+                "easel_db_pool_max", "The most connections the pool may open, by schema.", labels=["schema"]
+            ),
+        )
+
+
+POOLS = PoolCollector()
+REGISTRY.register(POOLS)
 
 
 def _redact(dsn: str) -> str:
@@ -45,6 +114,7 @@ async def connect_pool(
                 timeout=5,
             )
             assert pool is not None
+            POOLS.add(schema, pool)
             return pool
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             # A malformed URL (asyncpg raises ValueError for a bad port) will not heal by waiting.
@@ -106,4 +176,5 @@ async def database(
         await migrate(pool, schema, migrations)
         yield pool
     finally:
+        POOLS.remove(pool)
         await asyncio.wait_for(pool.close(), timeout=10)

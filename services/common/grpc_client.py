@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc.aio import ClientCallDetails
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .errors import EaselError, from_rpc_error
 from .metrics import GRPC_CLIENT_LATENCY, GRPC_CLIENT_REQUESTS
@@ -48,9 +48,16 @@ class _UnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[m
         method = _method_name(details)
         short = method.rsplit("/", 1)[-1]
         start = time.perf_counter()
-        with tracer.start_as_current_span(method.lstrip("/"), kind=SpanKind.CLIENT):
+        with tracer.start_as_current_span(
+            method.lstrip("/"),
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.method": short, "easel.target": self.target_name},
+        ) as span:
             call = await continuation(_with_context(details, self.timeout), request)
             code = await call.code()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code != grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
         GRPC_CLIENT_REQUESTS.labels(self.target_name, short, code.name).inc()
         GRPC_CLIENT_LATENCY.labels(self.target_name, short).observe(time.perf_counter() - start)
         return call

@@ -25,11 +25,14 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BadRequestError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from .config import SettingsError
 from .telemetry import inject
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("easel.messaging")
 
 JOBS_STREAM = "EASEL_JOBS"
 EVENTS_STREAM = "EASEL_EVENTS"
@@ -68,7 +71,7 @@ async def connect(url: str, name: str, wait_s: float = 15.0) -> NATS:
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
             )
-        except (NoServersError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NoServersError, OSError) as exc:
             if time.monotonic() > deadline:
                 raise SettingsError(
                     "EASEL_NATS_URL",
@@ -124,9 +127,23 @@ async def publish(
     msg_id: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> int:
-    """Publishes with trace headers (and `Nats-Msg-Id` when given); returns the stream sequence."""
-    hdrs = trace_headers(headers)
-    if msg_id:
-        hdrs["Nats-Msg-Id"] = msg_id
-    ack = await js.publish(subject, payload, headers=hdrs, timeout=5)
-    return int(ack.seq)
+    """Publishes with trace headers (and `Nats-Msg-Id` when given); returns the stream sequence.
+
+    The publish is a PRODUCER span and the headers carry it, so the consumer's span hangs below it.
+    The span name keeps only the subject's family (`publish jobs`, `publish events`): subjects hold
+    job ids, which would make every name unique.
+    """
+    family = subject.split(".")[1] if subject.count(".") >= 1 else subject
+    with tracer.start_as_current_span(
+        f"publish {family}",
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+    ) as span:
+        hdrs = trace_headers(headers)
+        if msg_id:
+            hdrs["Nats-Msg-Id"] = msg_id
+        ack = await js.publish(subject, payload, headers=hdrs, timeout=5)
+        span.set_attribute("messaging.nats.stream_sequence", int(ack.seq))
+        if ack.duplicate:
+            span.set_attribute("messaging.nats.duplicate", True)
+        return int(ack.seq)

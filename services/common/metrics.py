@@ -1,6 +1,11 @@
 """Prometheus metrics shared by every process, with one naming and label convention.
 
 Names start with `easel_`; labels never carry unbounded values (no user, job or image ids).
+
+The process's own name goes in a `component` label (gateway, auth, gallery, inference-api,
+inference-worker), never `service`, `job`, `instance`, `pod` or `namespace`: Prometheus sets those
+on every scraped series itself (a ServiceMonitor's `service` is the Kubernetes Service), and a clash
+would rename ours to `exported_service`.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 GRPC_SERVER_REQUESTS = Counter(
     "easel_grpc_server_requests",
-    "gRPC requests handled, by method and status code.",
-    ["service", "method", "code"],
+    "gRPC requests handled, by serving component, method and status code.",
+    ["component", "method", "code"],
 )
 GRPC_SERVER_LATENCY = Histogram(
     "easel_grpc_server_latency_seconds",
-    "gRPC handling time, by method.",
-    ["service", "method"],
+    "gRPC handling time (for server streams: until the stream ends), by serving component and method.",
+    ["component", "method"],
     buckets=LATENCY_BUCKETS,
 )
 GRPC_CLIENT_REQUESTS = Counter(

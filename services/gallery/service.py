@@ -78,7 +78,7 @@ def _params(text: str) -> str:
     if not isinstance(value, dict):
         raise invalid(
             "invalid_params_json",
-            "params_json must be a JSON object such as {\"prompt\": \"...\"}.",
+            'params_json must be a JSON object such as {"prompt": "..."}.',
             "params_json",
         )
     normal = json.dumps(value, ensure_ascii=False)
@@ -261,9 +261,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             raise invalid("too_many_images", f"At most {MAX_IMAGES_PER_JOB} images per call.", "images")
         indexes = [img.index for img in request.images]
         if len(set(indexes)) != len(indexes) or min(indexes) < 0:
-            raise invalid(
-                "invalid_image_index", "Image indexes must be distinct and not negative.", "images"
-            )
+            raise invalid("invalid_image_index", "Image indexes must be distinct and not negative.", "images")
         params = [_params(img.params_json) for img in request.images]
 
         existing = {
@@ -305,7 +303,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             raise sign_in_required("upload images")
         purpose = request.purpose.strip() or "init"
         if purpose not in PURPOSES:
-            raise invalid("invalid_purpose", "purpose must be \"init\" or \"mask\".", "purpose")
+            raise invalid("invalid_purpose", 'purpose must be "init" or "mask".', "purpose")
         try:
             # Checked before queueing for a decoding slot: an oversized upload is refused at once.
             check_upload_size(request.data, self.limits)
@@ -340,7 +338,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
     ) -> AsyncIterator[gallery_pb2.ImageChunk]:
         size = request.size.strip() or "original"
         if size not in ("original", "thumb"):
-            raise invalid("invalid_size", "size must be \"original\" or \"thumb\".", "size")
+            raise invalid("invalid_size", 'size must be "original" or "thumb".', "size")
         viewer = Viewer.of(request.actor)
         record = await self._visible(request.image_id, viewer, request.share_token)
         if size == "thumb":
@@ -383,7 +381,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             raise sign_in_required("see your images")
         kind = request.kind.strip()
         if kind and kind not in KINDS:
-            raise invalid("invalid_kind", "kind must be empty, \"generated\" or \"upload\".", "kind")
+            raise invalid("invalid_kind", 'kind must be empty, "generated" or "upload".', "kind")
         where = ["i.owner_id = $3"]
         args: list[object] = [viewer.user_id]
         if kind:
@@ -399,7 +397,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         viewer = Viewer.of(request.actor)
         order = request.order.strip() or "newest"
         if order not in ("newest", "most_liked"):
-            raise invalid("invalid_order", "order must be \"newest\" or \"most_liked\".", "order")
+            raise invalid("invalid_order", 'order must be "newest" or "most_liked".', "order")
         return await self._page(
             f"public:{order}",
             ["i.visibility = 'public'", "NOT i.hidden"],

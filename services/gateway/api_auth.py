@@ -109,6 +109,31 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
+async def change_password(request: web.Request, current: str, new: str) -> None:
+    """Every other session of the user ends; the one making the change (if it is one) stays."""
+    principal = require_principal(request)
+    keep = principal.token if principal.credential_kind == "session" else ""
+    with user_errors("auth"):
+        await request.app[CLIENTS].auth.ChangePassword(
+            auth_pb2.ChangePasswordRequest(
+                user_id=principal.user_id,
+                current_password=current,
+                new_password=new,
+                keep_session_token=keep,
+            )
+        )
+
+
+@routes.post("/api/v1/auth/password")
+@needs_scope("account")
+async def password(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    current = body.string("current_password", required=True, max_len=1000, allow_empty=False)
+    new = body.string("new_password", required=True, max_len=1000, allow_empty=False)
+    await change_password(request, current or "", new or "")
+    return web.Response(status=204)
+
+
 @routes.post("/api/v1/keys")
 @needs_scope("account")
 async def create_key(request: web.Request) -> web.Response:

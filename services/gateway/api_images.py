@@ -9,13 +9,13 @@ import grpc
 from aiohttp import web
 
 from easel.gallery.v1 import gallery_pb2
-from services.common.errors import from_rpc_error
+from services.common.errors import EaselError, from_rpc_error, invalid
 from services.common.grpc_client import user_errors
 
 from . import serialize
-from .bodies import query_choice, query_int, read_json
+from .bodies import Body, query_choice, query_int, read_json
 from .clients import CLIENTS
-from .principal import actor_of, needs_scope, no_auth, optional_auth, require_principal
+from .principal import actor_of, needs_scope, no_auth, optional_auth, principal_of, require_principal
 from .render import render
 from .urls import base_url, settings_of, wants_json
 
@@ -23,6 +23,10 @@ routes = web.RouteTableDef()
 
 CACHE_FOREVER = "private, max-age=31536000, immutable"
 VISIBILITIES = ("private", "unlisted", "public")
+MAX_QUERY = 200
+MAX_REASON = 1000
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
 EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg"}
 
 
@@ -60,6 +64,52 @@ async def community(request: web.Request) -> web.Response:
                 actor=actor_of(request), order=order, limit=limit, cursor=request.query.get("cursor", "")
             )
         )
+    return web.json_response(serialize.image_page(request, found))
+
+
+async def search_images(
+    request: web.Request, query: str, cursor: str = "", limit: int = 24, only_mine: bool = False
+) -> gallery_pb2.ListImagesResponse:
+    """Public images (and the caller's own) whose prompt, title or tags match `query`. Errors name
+    the `q` parameter, whatever gallery calls it."""
+    if not query.strip():
+        raise invalid("missing_query", "Type a few words to search for.", field="q")
+    if len(query) > MAX_QUERY:
+        raise invalid("query_too_long", f"Search for at most {MAX_QUERY} characters.", field="q")
+    if only_mine and principal_of(request) is None:
+        require_principal(request)
+    try:
+        with user_errors("gallery"):
+            found: gallery_pb2.ListImagesResponse = await request.app[CLIENTS].gallery.Search(
+                gallery_pb2.SearchRequest(
+                    actor=actor_of(request), query=query, limit=limit, cursor=cursor, only_mine=only_mine
+                )
+            )
+    except EaselError as exc:
+        if exc.field == "query":
+            exc.field = "q"
+        raise
+    return found
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").strip().lower()
+    if raw in ("", *FALSE_WORDS):
+        return False
+    if raw in TRUE_WORDS:
+        return True
+    raise invalid("invalid_query", f"'{name}' must be true or false.", field=name)
+
+
+@routes.get("/api/v1/search")
+@needs_scope("images:read")
+@optional_auth
+async def search(request: web.Request) -> web.Response:
+    limit = query_int(request, "limit", 24, 1, 100)
+    only_mine = query_bool(request, "mine")
+    found = await search_images(
+        request, request.query.get("q", ""), request.query.get("cursor", ""), limit, only_mine
+    )
     return web.json_response(serialize.image_page(request, found))
 
 
@@ -125,6 +175,55 @@ async def unlike(request: web.Request) -> web.Response:
     return web.json_response(serialize.image(request, img))
 
 
+async def report_image(request: web.Request, image_id: str, reason: str) -> None:
+    principal = require_principal(request)
+    if len(reason) > MAX_REASON:
+        raise invalid("reason_too_long", f"Say it in at most {MAX_REASON} characters.", field="reason")
+    with user_errors("gallery"):
+        await request.app[CLIENTS].gallery.Report(
+            gallery_pb2.ReportRequest(actor=principal.actor, image_id=image_id, reason=reason.strip())
+        )
+
+
+@routes.post("/api/v1/images/{image_id}/report")
+@needs_scope("images:write")
+async def report(request: web.Request) -> web.Response:
+    """Flags an image for the moderators; reporting again replaces the earlier reason."""
+    body = await read_json(request, required=False)
+    reason = body.string("reason", max_len=MAX_REASON) or ""
+    await report_image(request, request.match_info["image_id"], reason)
+    return web.json_response({"status": "reported"}, status=202)
+
+
+async def hide_image(request: web.Request, image_id: str, hidden: bool) -> gallery_pb2.Image:
+    principal = require_principal(request)
+    with user_errors("gallery"):
+        img: gallery_pb2.Image = await request.app[CLIENTS].gallery.Hide(
+            gallery_pb2.HideRequest(actor=principal.actor, image_id=image_id, hidden=hidden)
+        )
+    return img
+
+
+def _boolean(body: Body, name: str) -> bool:
+    value = body.data.get(name)
+    if value is None:
+        raise invalid("missing_field", f"'{name}' is required.", field=name)
+    if not isinstance(value, bool):
+        raise invalid("invalid_field", f"'{name}' must be true or false.", field=name)
+    return value
+
+
+@routes.post("/api/v1/images/{image_id}/hide")
+@needs_scope("images:write")
+async def hide(request: web.Request) -> web.Response:
+    """Administrators only: hide an image from everyone but its owner (or show it again)."""
+    body = await read_json(request)
+    img = await hide_image(request, request.match_info["image_id"], _boolean(body, "hidden"))
+    out = serialize.image(request, img)
+    out["hidden"] = img.hidden
+    return web.json_response(out)
+
+
 def share_url(request: web.Request, token: str) -> str:
     return f"{base_url(request)}/s/{token}"
 
@@ -147,6 +246,25 @@ async def create_share_link(request: web.Request, image_id: str) -> dict[str, An
 @needs_scope("images:write")
 async def share(request: web.Request) -> web.Response:
     return web.json_response(await create_share_link(request, request.match_info["image_id"]))
+
+
+async def revoke_share_links(request: web.Request, image_id: str, token: str = "") -> None:
+    principal = require_principal(request)
+    with user_errors("gallery"):
+        await request.app[CLIENTS].gallery.RevokeShareLink(
+            gallery_pb2.RevokeShareLinkRequest(actor=principal.actor, image_id=image_id, token=token)
+        )
+
+
+@routes.delete("/api/v1/images/{image_id}/share")
+@needs_scope("images:write")
+async def revoke_share(request: web.Request) -> web.Response:
+    """Ends the share link named by `?token=`, or every share link of the image without it."""
+    token = request.query.get("token", "")
+    if len(token) > 200:
+        raise invalid("invalid_query", "'token' is not a share token of this image.", field="token")
+    await revoke_share_links(request, request.match_info["image_id"], token)
+    return web.Response(status=204)
 
 
 # --- image bytes -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import prometheus_client
 from aiohttp import web
 
-from . import api_auth, api_images, api_jobs, openapi
+from . import api_auth, api_edits, api_images, api_jobs, compat_a1111, compat_openai, openapi, web_account
 from . import web as web_ui
 from .api_jobs import SHUTTING_DOWN
 from .clients import CLIENTS, clients_ctx
@@ -80,6 +80,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.add_routes(api_auth.routes)
     app.add_routes(api_jobs.routes)
     app.add_routes(api_images.routes)
+    app.add_routes(api_edits.routes)
+    app.add_routes(compat_openai.routes)
+    app.add_routes(compat_a1111.routes)
     app.add_routes(web_ui.routes)
+    app.add_routes(web_account.routes)
     app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
     return app

@@ -45,7 +45,10 @@ async def submitted_token(request: web.Request) -> str | None:
     if header:
         return header
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()  # aiohttp keeps the parsed form for the handler
+        try:
+            form = await request.post()  # aiohttp keeps the parsed form for the handler
+        except (ValueError, LookupError):
+            return None  # an unreadable form carries no token: refused like a missing one
         value = form.get(FIELD)
         return value if isinstance(value, str) else None
     return None

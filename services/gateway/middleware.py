@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
@@ -208,6 +209,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return http_exception_response(request, exc)
+    except HttpProcessingError:
+        # A body that cannot be parsed (broken multipart, bad part headers), wherever it is first read:
+        # the CSRF check, a form page or an API handler. The client's fault, never a 500.
+        message = "The request body could not be read; send well-formed JSON or multipart form data."
+        if wants_json(request):
+            return json_error(400, "malformed_body", message)
+        return render(request, "error.html", status=400, status_code=400, message=message)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:

@@ -167,6 +167,59 @@ SCHEMAS: dict[str, Schema] = {
         },
         ["prompt"],
     ),
+    "EditRequest": obj(
+        {
+            "kind": {"enum": ["img2img", "inpaint", "upscale", "variation"]},
+            "image": {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": "The image to edit as base64 (or a data: URL); or send image_id.",
+            },
+            "image_id": {"type": "string", "description": "An image in your gallery (or a public one)."},
+            "mask": {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": "inpaint only: white where the image is repainted, black where it stays.",
+            },
+            "mask_id": {"type": "string", "description": "inpaint only: a mask already in your gallery."},
+            "prompt": {
+                "type": "string",
+                "description": "Required for img2img and inpaint. For upscale and variation it defaults "
+                "to the source image's prompt (or a neutral one for uploads).",
+            },
+            "strength": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 1,
+                "description": "How much of the image is redrawn (default 0.75; upscale caps it at "
+                "0.35, variation at 0.6).",
+            },
+            "negative_prompt": {"type": "string"},
+            "model": {"type": "string"},
+            "width": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Absent: the image's size (upscale: twice it), within the model's limits.",
+            },
+            "height": {"type": "integer", "minimum": 1},
+            "steps": {"type": "integer", "minimum": 1},
+            "guidance": {"type": "number", "minimum": 0, "maximum": 30},
+            "sampler": STR,
+            "seed": nullable({"type": "integer", "minimum": -1, "maximum": 2**32 - 1}),
+            "n": {"type": "integer", "minimum": 1, "maximum": 8},
+        },
+        ["kind"],
+        description="Exactly one of image or image_id; inpaint also needs exactly one of mask or mask_id.",
+    ),
+    "EditForm": obj(
+        {
+            "kind": {"enum": ["img2img", "inpaint", "upscale", "variation"]},
+            "image": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "mask": {"type": "string", "contentMediaType": "application/octet-stream"},
+        },
+        ["kind"],
+        description="The fields of EditRequest as form fields; image and mask as files (PNG, JPEG or WebP).",
+    ),
     "JobImage": obj({"id": STR, "index": INT, "url": URL, "thumb_url": URL}, ["id", "url"]),
     "Job": obj(
         {
@@ -243,6 +296,26 @@ SCHEMAS: dict[str, Schema] = {
         description="Only the fields present change.",
     ),
     "ShareLink": obj({"url": URL, "token": STR, "image_id": STR, "created_at": TIME}, ["url", "token"]),
+    "ReportRequest": obj(
+        {"reason": {"type": "string", "maxLength": 1000, "description": "What is wrong with the image."}}
+    ),
+    "Reported": obj({"status": {"const": "reported"}}, ["status"]),
+    "HideRequest": obj(
+        {"hidden": {"type": "boolean", "description": "true hides it from everyone but its owner."}},
+        ["hidden"],
+    ),
+    "HiddenImage": {"allOf": [ref("Image"), obj({"hidden": BOOL}, ["hidden"])]},
+    "PasswordChange": obj(
+        {
+            "current_password": {"type": "string", "minLength": 1},
+            "new_password": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Checked by the password rules.",
+            },
+        },
+        ["current_password", "new_password"],
+    ),
     "Model": obj(
         {
             "name": STR,
@@ -308,6 +381,11 @@ FORBIDDEN = error(
     "on a cookie-authenticated request (`csrf_failed`)."
 )
 NOT_FOUND = error("No such thing, or not yours.")
+LINK_GONE: Schema = {
+    "description": "No such share link, or it was revoked: an HTML page for browsers, the Error as JSON "
+    "when the Accept header asks for application/json.",
+    "content": {"text/html": {"schema": STR}, "application/json": {"schema": ref("Error")}},
+}
 UNSUPPORTED = error("The body is not JSON (send Content-Type: application/json).")
 UNAVAILABLE = error("A backend service is not available; try again in a moment.")
 TOO_MANY = error("Too many requests; wait for Retry-After seconds.")
@@ -449,6 +527,28 @@ PATHS: dict[str, dict[str, Schema]] = {
         )
     },
     "/api/v1/auth/me": {"get": op("Who am I", "auth", {"200": ok("Me"), "401": UNAUTH, "503": UNAVAILABLE})},
+    "/api/v1/auth/password": {
+        "post": op(
+            "Change my password",
+            "auth",
+            {
+                "204": NO_CONTENT,
+                "400": error(
+                    "A field is missing, the current password is wrong (`wrong_password`) or the new one "
+                    "breaks the password rules; `field` names it."
+                ),
+                "401": UNAUTH,
+                "403": FORBIDDEN,
+                "409": error("Changed by another request at the same moment; try again."),
+                "415": UNSUPPORTED,
+                "429": TOO_MANY,
+                "503": UNAVAILABLE,
+            },
+            body=json_body("PasswordChange"),
+            description="Every other session of the account ends; the one making the change stays. "
+            "API keys are left alone.",
+        )
+    },
     "/api/v1/keys": {
         "post": op(
             "Create an API key",
@@ -500,6 +600,46 @@ PATHS: dict[str, dict[str, Schema]] = {
                 )
             ],
             body=json_body("GenerationRequest"),
+        )
+    },
+    "/api/v1/edits": {
+        "post": op(
+            "Edit an image: img2img, inpaint, upscale or variation (queues a job)",
+            "jobs",
+            {
+                "202": ok(
+                    "JobEnvelope",
+                    "Accepted; follow the job at Location or its /events.",
+                    {"Location": {"schema": STR, "description": "/api/v1/jobs/{id}"}},
+                ),
+                "400": error(
+                    "A missing or wrong field (`missing_image`, `missing_mask`, `invalid_kind`, "
+                    "`not_an_image`, `image_too_large`, ...); `field` names it."
+                ),
+                "401": UNAUTH,
+                "403": FORBIDDEN,
+                "404": error("No such model, or image_id / mask_id is not an image you can see."),
+                "409": error("The Idempotency-Key was used before for a different request."),
+                "413": error("The body is too large."),
+                "415": error("Send multipart/form-data or JSON."),
+                "429": error("Quota or queue limit reached; wait for Retry-After seconds."),
+                "503": UNAVAILABLE,
+            },
+            parameters=[
+                param(
+                    "Idempotency-Key",
+                    "header",
+                    {"type": "string", "maxLength": 200},
+                    "Repeat a request safely; only with image_id (and mask_id), not with uploaded bytes.",
+                )
+            ],
+            body={
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": ref("EditForm")},
+                    "application/json": {"schema": ref("EditRequest")},
+                },
+            },
         )
     },
     "/api/v1/jobs": {
@@ -640,8 +780,65 @@ PATHS: dict[str, dict[str, Schema]] = {
         "post": op(
             "Make a share link (opens without an account)",
             "images",
-            {"200": ok("ShareLink"), "401": UNAUTH, "403": FORBIDDEN, "404": NOT_FOUND, "503": UNAVAILABLE},
+            {
+                "200": ok("ShareLink"),
+                "401": UNAUTH,
+                "403": FORBIDDEN,
+                "404": NOT_FOUND,
+                "409": error("A moderator hid the image (`image_hidden`)."),
+                "503": UNAVAILABLE,
+            },
             parameters=[ID["image_id"]],
+        ),
+        "delete": op(
+            "Revoke share links",
+            "images",
+            {
+                "204": NO_CONTENT,
+                "400": BAD,
+                "401": UNAUTH,
+                "403": FORBIDDEN,
+                "404": NOT_FOUND,
+                "503": UNAVAILABLE,
+            },
+            parameters=[
+                ID["image_id"],
+                param("token", "query", STR, "Revoke only this link; absent: every link of the image."),
+            ],
+        ),
+    },
+    "/api/v1/images/{image_id}/report": {
+        "post": op(
+            "Report an image to the moderators",
+            "images",
+            {
+                "202": ok("Reported", "Received; reporting again replaces the reason."),
+                "400": BAD,
+                "401": UNAUTH,
+                "403": FORBIDDEN,
+                "404": NOT_FOUND,
+                "415": UNSUPPORTED,
+                "503": UNAVAILABLE,
+            },
+            parameters=[ID["image_id"]],
+            body={"required": False, "content": {"application/json": {"schema": ref("ReportRequest")}}},
+        )
+    },
+    "/api/v1/images/{image_id}/hide": {
+        "post": op(
+            "Hide an image from everyone but its owner, or show it again (administrators)",
+            "images",
+            {
+                "200": ok("HiddenImage"),
+                "400": BAD,
+                "401": UNAUTH,
+                "403": error("Only administrators moderate images (`admin_required`), or CSRF."),
+                "404": NOT_FOUND,
+                "415": UNSUPPORTED,
+                "503": UNAVAILABLE,
+            },
+            parameters=[ID["image_id"]],
+            body=json_body("HideRequest"),
         )
     },
     "/api/v1/community": {
@@ -659,6 +856,27 @@ PATHS: dict[str, dict[str, Schema]] = {
             ],
         )
     },
+    "/api/v1/search": {
+        "get": op(
+            "Search public images (and my own) by prompt, title and tags",
+            "images",
+            {"200": ok("ImagePage"), "400": BAD, "401": UNAUTH, "503": UNAVAILABLE},
+            security=PUBLIC,
+            parameters=[
+                param(
+                    "q", "query", {"type": "string", "minLength": 1, "maxLength": 200}, "Words to find.", True
+                ),
+                LIMIT,
+                CURSOR,
+                param(
+                    "mine",
+                    "query",
+                    {"type": "boolean", "default": False},
+                    "Only my images (needs a credential).",
+                ),
+            ],
+        )
+    },
     "/s/{token}": {
         "get": op(
             "Open a share link",
@@ -669,7 +887,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                     "the Accept header asks for application/json.",
                     "content": {"text/html": {"schema": STR}, "application/json": {"schema": ref("Image")}},
                 },
-                "404": NOT_FOUND,
+                "404": LINK_GONE,
                 "503": UNAVAILABLE,
             },
             security=PUBLIC,
@@ -680,7 +898,7 @@ PATHS: dict[str, dict[str, Schema]] = {
         "get": op(
             "The shared image file",
             "images",
-            {"200": PNG, "304": NOT_MODIFIED, "404": NOT_FOUND, "503": UNAVAILABLE},
+            {"200": PNG, "304": NOT_MODIFIED, "404": LINK_GONE, "503": UNAVAILABLE},
             security=NONE,
             parameters=[ID["token"], SIZE, IF_NONE_MATCH],
         )

@@ -7,17 +7,19 @@ lazily: the job API can validate and batch-key requests without loading the gene
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import trace
 from PIL import Image, ImageOps
 
 from services.common.config import SettingsError
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
     from .pipelines import LoadedModel
 
 log = logging.getLogger(__name__)
+# Spans for the stages of a generation (model load, prompt encoding, denoising, VAE decode). They are
+# children of whatever span is current in the calling thread: the worker runs `generate` in a thread
+# with its job's context copied in.
+tracer = trace.get_tracer("easel.inference.engine")
 
 MAX_IMAGES = 8
 MAX_PROMPT_CHARS = 2000
@@ -374,8 +380,11 @@ class Engine:
                 self._loaded.move_to_end(model)
                 return 0.0
             started = time.perf_counter()
-            self._loaded[model] = self._load(model)
-            self._evict_for(0, keep=model)
+            with tracer.start_as_current_span(
+                "inference.model_load", attributes={"easel.model": model, "easel.device": self.device}
+            ):
+                self._loaded[model] = self._load(model)
+                self._evict_for(0, keep=model)
             return time.perf_counter() - started
 
     def _load(self, model: str) -> LoadedModel:
@@ -447,6 +456,10 @@ class Engine:
                 gpu_allocated=torch.cuda.memory_allocated(self.device),
                 gpu_reserved=torch.cuda.memory_reserved(self.device),
             )
+        else:
+            # No GPU: zeros, so the GPU series exist on every worker and dashboards and alerts need no
+            # special case (the alerts divide by gpu_total only where it is above zero).
+            stats.update(gpu_total=0, gpu_free=0, gpu_used=0)
         return stats
 
     # --- generation -----------------------------------------------------------------------
@@ -628,14 +641,18 @@ def _run_batch(
     cfg = plan.guidance > 1
     # CPU generators: the same seed gives the same starting noise on any GPU or CPU.
     generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+    stages = _StageClock()
 
     def callback(pipeline: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        stages.step(i + 1)
         if on_step is not None and on_step(i + 1, int(pipeline.num_timesteps)) is False:
             raise Cancelled(f"cancelled after step {i + 1}")
         return kwargs
 
+    with tracer.start_as_current_span("inference.encode_prompt", attributes={"easel.images": len(items)}):
+        embeddings = _encode(pipe, loaded, items, cfg)
     kwargs: dict[str, Any] = {
-        **_encode(pipe, loaded, items, cfg),
+        **embeddings,
         "guidance_scale": plan.guidance,
         "generator": generators,
         "output_type": "pil",
@@ -651,9 +668,84 @@ def _run_batch(
         kwargs.update(num_inference_steps=steps, strength=plan.strength, image=[i.init_image for i in items])
         if plan.task == "inpaint":
             kwargs.update(mask_image=[i.mask_image for i in items], width=plan.width, height=plan.height)
-    result = pipe(**kwargs)
+    attributes = {"easel.model": plan.model, "easel.task": plan.task, "easel.images": len(items)}
+    with stages.watch(pipe, attributes):
+        result = pipe(**kwargs)
+    stages.emit()
     images: list[Image.Image] = list(result.images)
     return images
+
+
+class _StageClock:
+    """Times the denoising loop and the VAE decode inside one pipeline call, without changing it.
+
+    The pipeline runs as it always does (pixels stay identical): the step callback marks the end of
+    each denoising step, and forward hooks on the VAE's decoder mark the decode. The two spans are
+    written afterwards with those timestamps, as children of the current span. A call that stops
+    early (cancelled, or failed) still gets its denoising span, marked as such.
+    """
+
+    def __init__(self) -> None:
+        self.attributes: dict[str, Any] = {}
+        self.started = 0
+        self.last_step = 0
+        self.steps = 0
+        self.decode_started = 0
+        self.decode_ended = 0
+        self.ended = 0
+
+    def step(self, step: int) -> None:
+        self.last_step = time.time_ns()
+        self.steps = step
+
+    def _decode_start(self, *_: Any) -> None:
+        if not self.decode_started:
+            self.decode_started = time.time_ns()
+
+    def _decode_end(self, *_: Any) -> None:
+        # With VAE slicing the decoder runs once per image: the decode ends with the last one.
+        self.decode_ended = time.time_ns()
+
+    @contextlib.contextmanager
+    def watch(self, pipe: Any, attributes: dict[str, Any]) -> Iterator[None]:
+        self.attributes = attributes
+        decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
+        handles = []
+        if decoder is not None and hasattr(decoder, "register_forward_pre_hook"):
+            handles = [
+                decoder.register_forward_pre_hook(self._decode_start),
+                decoder.register_forward_hook(self._decode_end),
+            ]
+        self.started = time.time_ns()
+        try:
+            yield
+        except BaseException as exc:
+            self.ended = time.time_ns()
+            if self.steps:
+                denoise = tracer.start_span(
+                    "inference.denoise", start_time=self.started, attributes=self.attributes
+                )
+                denoise.set_attribute("easel.steps", self.steps)
+                denoise.set_attribute("easel.outcome", "cancelled" if isinstance(exc, Cancelled) else "error")
+                denoise.end(end_time=self.last_step)
+            raise
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.ended = time.time_ns()
+
+    def emit(self) -> None:
+        attributes = self.attributes
+        denoise_end = self.last_step or self.decode_started or self.ended
+        denoise = tracer.start_span("inference.denoise", start_time=self.started, attributes=attributes)
+        denoise.set_attribute("easel.steps", self.steps)
+        denoise.end(end_time=denoise_end)
+        # Without decoder hooks (another VAE class), the decode is what follows the last step.
+        decode_start = self.decode_started or denoise_end
+        decode_end = self.decode_ended or self.ended
+        tracer.start_span("inference.vae_decode", start_time=decode_start, attributes=attributes).end(
+            end_time=decode_end
+        )
 
 
 def _rss_bytes() -> int:

@@ -524,6 +524,9 @@ def test_dashboards_and_rules_folders_render_nothing_when_empty(production_docs:
 def test_dashboards_and_rules_render_from_their_folders(tmp_path: Path) -> None:
     chart = tmp_path / "easel"
     shutil.copytree(CHART_DIR, chart)
+    # Only this test's files: the chart's own dashboards and rules are checked in test_dashboards.py.
+    for shipped in [*(chart / "dashboards").glob("*.json"), *(chart / "rules").glob("*.yaml")]:
+        shipped.unlink()
     (chart / "dashboards" / "Easel_Overview.json").write_text('{"title": "Easel overview", "panels": []}\n')
     (chart / "rules" / "inference.yaml").write_text(
         "groups:\n  - name: easel.inference\n    rules:\n      - alert: EaselQueueBacklog\n"

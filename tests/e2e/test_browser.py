@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from services.local.stack import Ports, Stack
 
@@ -179,17 +179,36 @@ def _wait_done(page: Page) -> None:
     assert status == "completed", page.inner_text("#job-panel")
 
 
+def _loaded_width(img: Locator) -> int:
+    """The image's natural width once it has loaded (0 if it failed to load)."""
+    return int(
+        img.evaluate(
+            """img => img.complete ? img.naturalWidth : new Promise(done => {
+                   img.addEventListener('load', () => done(img.naturalWidth));
+                   img.addEventListener('error', () => done(0));
+               })"""
+        )
+    )
+
+
+def _shot(page: Page, world: World, name: str) -> None:
+    """A full-page screenshot from the top (the sticky bar stays put), transitions settled."""
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(world.shots / f"{name}.png"), full_page=True)
+
+
 def test_register_and_log_in(world: World, stack: Stack, ada: Page) -> None:
     base = world.base
     _register(ada, base, world.ada)
     expect(ada.locator(".account .who")).to_have_text(world.ada)
-    # Mismatched passwords are explained next to the field, not as a page error.
     ada.click("text=Log out")
     ada.wait_for_url(re.compile(r"/login"))
     ada.fill("#f-username", world.ada)
     ada.fill("#f-password", "not the password at all")
-    ada.click("button[type=submit]")
+    ada.click("button[type=submit]")  # a wrong password is said on the form, which keeps the name
     expect(ada.locator(".alert, .error").first).to_be_visible()
+    expect(ada.locator("#f-username")).to_have_value(world.ada)
     assert ada.url.endswith("/login")
     ada.fill("#f-username", world.ada)
     ada.fill("#f-password", PASSWORD)
@@ -226,8 +245,8 @@ def test_generate_shows_progress_to_the_end(world: World, ada: Page) -> None:
     assert href.startswith("/images/")
     world.image_id = href.removeprefix("/images/")
     # The result image really loaded (not a broken image icon).
-    assert tile.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
-    ada.screenshot(path=str(world.shots / "generate.png"), full_page=True)
+    assert _loaded_width(tile.locator("img")) > 0
+    _shot(ada, world, "generate")
 
 
 def test_open_image_and_make_it_public(world: World, ada: Page) -> None:
@@ -248,7 +267,7 @@ def test_open_image_and_make_it_public(world: World, ada: Page) -> None:
     ada.click("#share-revoke")
     expect(ada.locator(".notice")).to_contain_text("share link")
     assert _status(f"{link}/file") == 404
-    ada.screenshot(path=str(world.shots / "image.png"), full_page=True)
+    _shot(ada, world, "image")
 
 
 def test_second_account_sees_it_in_the_community(world: World, bob: Page) -> None:
@@ -256,6 +275,7 @@ def test_second_account_sees_it_in_the_community(world: World, bob: Page) -> Non
     bob.goto(f"{world.base}/community")
     tile = bob.locator(f'a.tile[href="/images/{world.image_id}"]')
     expect(tile).to_be_visible()
+    _shot(bob, world, "community")
     tile.click()
     bob.wait_for_url(f"{world.base}/images/{world.image_id}")
     expect(bob.locator("#like-count")).to_have_text("0")
@@ -264,6 +284,16 @@ def test_second_account_sees_it_in_the_community(world: World, bob: Page) -> Non
     expect(bob.locator("#like-btn")).to_have_attribute("aria-pressed", "true")
     # Not the owner: no settings form, but remix and report are offered.
     expect(bob.locator("#settings-form")).to_have_count(0)
+    bob.click("details.report summary")
+    # Over the limit (maxlength stops typing it, so the value is set directly): explained in place.
+    bob.locator("#f-reason").evaluate(
+        "el => { el.removeAttribute('maxlength'); el.value = 'x'.repeat(1001); }"
+    )
+    bob.click("details.report button[type=submit]")
+    expect(bob.locator("#e-reason")).to_contain_text("1000")
+    bob.fill("#f-reason", "Looks like spam")
+    bob.click("details.report button[type=submit]")
+    expect(bob.locator(".notice")).to_contain_text("moderator will look")
     bob.click("#remix-link")
     expect(bob.locator("#f-prompt")).to_have_value(world.prompt)
     expect(bob.locator("#f-seed")).to_have_value("1234")
@@ -275,6 +305,28 @@ def test_second_account_sees_it_in_the_community(world: World, bob: Page) -> Non
     bob.goto(f"{world.base}/community?order=most_liked")
     expect(bob.locator(".tabs a[aria-current]")).to_have_text("Most liked")
     expect(bob.locator(f'a.tile[href="/images/{world.image_id}"]')).to_be_visible()
+
+
+def test_anonymous_visitor(world: World, browser: Browser) -> None:
+    """Public pages work without an account; acting on them asks to log in."""
+    ctx = _context(browser)
+    try:
+        page = ctx.new_page()
+        page.goto(f"{world.base}/images/{world.image_id}")
+        expect(page.locator("h1")).to_have_text("Lighthouse")
+        expect(page.locator("#like-btn")).to_have_count(0)
+        expect(page.locator("#like-count")).to_have_text("1")
+        expect(page.locator("#remix-link, #edit-link, #settings-form, details.report")).to_have_count(0)
+        page.goto(f"{world.base}/search?q={world.prompt.split()[1]}")
+        expect(page.locator(f'a.tile[href="/images/{world.image_id}"]')).to_be_visible()
+        page.goto(f"{world.base}/search?q=%20")
+        expect(page.locator(".grid a.tile")).to_have_count(0)
+        page.goto(f"{world.base}/settings/keys")
+        page.wait_for_url(re.compile(r"/login\?next=%2Fsettings%2Fkeys"))
+        page.goto(f"{world.base}/edit?image={world.image_id}")
+        page.wait_for_url(re.compile(r"/login\?next="))
+    finally:
+        ctx.close()
 
 
 def test_admin_hides_and_unhides(world: World, bob: Page, ada: Page) -> None:
@@ -323,10 +375,18 @@ def test_inpaint_with_a_drawn_mask(world: World, ada: Page) -> None:
     tile = ada.locator("#job-images a.tile").first
     href = tile.get_attribute("href") or ""
     assert href.startswith("/images/") and href != f"/images/{world.image_id}"
-    assert tile.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    assert _loaded_width(tile.locator("img")) > 0
+    _shot(ada, world, "edit")
     jobs = ada.request.get(f"{world.base}/api/v1/jobs?limit=1").json()
     assert jobs["items"][0]["kind"] == "inpaint"
     assert jobs["items"][0]["status"] == "completed"
+    # The result records how it was made and links back; the gallery holds the two pictures, not
+    # the uploaded mask.
+    tile.click()
+    expect(ada.locator(".params")).to_contain_text("Inpaint")
+    expect(ada.locator("#source-link")).to_have_attribute("href", f"/images/{world.image_id}")
+    ada.goto(f"{world.base}/gallery")
+    expect(ada.locator(".grid a.tile")).to_have_count(2)
 
 
 def test_api_keys_create_and_revoke(world: World, ada: Page) -> None:
@@ -342,6 +402,7 @@ def test_api_keys_create_and_revoke(world: World, ada: Page) -> None:
     assert status == 200 and me["user"]["username"] == world.ada
     row = ada.locator("#keys-table tbody tr", has_text="browser test key")
     expect(row).to_have_count(1)
+    _shot(ada, world, "keys")
     # The secret is shown once: a reload shows only the prefix.
     ada.goto(f"{world.base}/settings/keys")
     expect(ada.locator("#new-key-secret")).to_have_count(0)
@@ -370,3 +431,75 @@ def test_change_password(world: World, ada: Page) -> None:
     login = f"{world.base}/api/v1/auth/login"
     assert _http("POST", login, body={"username": world.ada, "password": PASSWORD})[0] == 401
     assert _http("POST", login, body={"username": world.ada, "password": NEW_PASSWORD})[0] == 200
+
+
+def _token(base: str, username: str, password: str = PASSWORD) -> str:
+    status, body = _http(
+        "POST", f"{base}/api/v1/auth/login", body={"username": username, "password": password}
+    )
+    assert status == 200, body
+    return str(body["token"])
+
+
+def test_rest_search_like_report_hide_share(world: World) -> None:
+    """The REST side of the image page's actions, as API clients use them."""
+    base, image = world.base, f"{world.base}/api/v1/images/{world.image_id}"
+    ada_token = _token(base, world.ada, NEW_PASSWORD)
+    bob_token = _token(base, world.bob)
+    word = world.prompt.split()[1]
+    status, found = _http("GET", f"{base}/api/v1/search?q={word}")
+    assert status == 200 and [i["id"] for i in found["items"]] == [world.image_id], found
+    status, err = _http("GET", f"{base}/api/v1/search?q=%20")
+    assert status == 400 and err["error"]["field"] == "q"
+    assert _http("GET", f"{base}/api/v1/search?q={word}&mine=true")[0] == 401
+    status, mine = _http("GET", f"{base}/api/v1/search?q={word}&mine=true", bob_token)
+    assert status == 200 and mine["items"] == []
+
+    status, liked = _http("POST", f"{image}/like", bob_token)
+    assert status == 200 and liked["liked"] is True
+    status, unliked = _http("DELETE", f"{image}/like", bob_token)
+    assert status == 200 and unliked["likes"] == liked["likes"] - 1 and unliked["liked"] is False
+
+    assert _http("POST", f"{image}/report", bob_token, {"reason": "looks like spam"}) == (
+        202,
+        {"status": "reported"},
+    )
+    status, err = _http("POST", f"{image}/report", bob_token, {"reason": "x" * 1001})
+    assert status == 400 and err["error"]["field"] == "reason"
+
+    status, err = _http("POST", f"{image}/hide", ada_token, {"hidden": True})
+    assert status == 403, err  # only administrators moderate
+    status, err = _http("POST", f"{image}/hide", bob_token, {"hidden": "yes"})
+    assert status == 400 and err["error"]["field"] == "hidden"
+    status, hidden = _http("POST", f"{image}/hide", bob_token, {"hidden": True})
+    assert status == 200 and hidden["hidden"] is True
+    assert _http("GET", image)[0] == 404
+    status, shown = _http("POST", f"{image}/hide", bob_token, {"hidden": False})
+    assert status == 200 and shown["hidden"] is False
+    assert _http("GET", image)[0] == 200
+
+    status, link = _http("POST", f"{image}/share", ada_token)
+    assert status == 200 and _status(f"{link['url']}/file") == 200
+    assert _http("DELETE", f"{image}/share?token=not-a-token", ada_token)[0] == 404
+    assert _http("DELETE", f"{image}/share?token={link['token']}")[0] == 401
+    assert _http("DELETE", f"{image}/share?token={link['token']}", ada_token) == (204, None)
+    assert _status(f"{link['url']}/file") == 404
+
+
+def test_rest_password_change_ends_other_sessions(world: World, bob: Page) -> None:
+    base = world.base
+    token = _token(base, world.bob)
+    password = f"{base}/api/v1/auth/password"
+    status, err = _http(
+        "POST", password, token, {"current_password": "nope, not this", "new_password": NEW_PASSWORD}
+    )
+    assert status == 400 and err["error"]["field"] == "current_password"
+    status, err = _http("POST", password, token, {"current_password": PASSWORD})
+    assert status == 400 and err["error"]["field"] == "new_password"
+    assert _http("POST", password, token, {"current_password": PASSWORD, "new_password": NEW_PASSWORD}) == (
+        204,
+        None,
+    )
+    assert _http("GET", f"{base}/api/v1/auth/me", token)[0] == 200  # the changing session stays
+    bob.goto(f"{base}/settings/keys")  # the browser's session was another one: it ended
+    bob.wait_for_url(re.compile(r"/login\?next="))

@@ -345,6 +345,25 @@ async def test_cookie_requests_need_the_csrf_token(fakes: Client) -> None:
     assert f'<meta name="csrf-token" content="{token}">' in await resp.text()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'--xyz\r\nContent-Disposition: form-data; name="csrf_token"\r\nBroken header\r\n\r\nv\r\n--xyz--\r\n',
+        b"--xyz\r\nno end of headers",
+        b"",
+    ],
+)
+async def test_malformed_form_with_a_cookie_is_a_client_error(fakes: Client, body: bytes) -> None:
+    """The CSRF check reads the form first; a body it cannot parse is refused, never a 500."""
+    resp = await fakes.post(
+        "/api/v1/jobs/job1/cancel",
+        data=body,
+        headers={**_session_cookie(), "Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    assert 400 <= resp.status < 500, await resp.text()
+    assert (await resp.json())["error"]["code"] in ("malformed_body", "csrf_failed")
+
+
 async def test_scopes_are_enforced(fakes: Client) -> None:
     resp = await fakes.get("/api/v1/jobs/job1", headers={"Authorization": f"Bearer {READONLY_KEY}"})
     assert resp.status == 403

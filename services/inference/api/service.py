@@ -187,7 +187,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                     JOBS_SUBMITTED.labels(new.model, new.kind).inc()
                     log.info("job answered from the result cache", extra={"job_id": row.id})
                 return await self._proto(row)
-        row, created = await self.store.create(new)
+        # The insert also gives the queue position: no second query for the answer.
+        row, created, position = await self.store.submit(new)
         if not created:
             return await self._proto(row)
         work = WorkMessage(
@@ -210,7 +211,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             ) from None
         JOBS_SUBMITTED.labels(row.model, row.kind).inc()
         log.info("job queued", extra={"job_id": row.id, "model": row.model, "kind": row.kind})
-        return await self._proto(row)
+        return to_proto(row, position)
 
     async def _from_cache(self, cache_key: str, new: NewJob) -> list[dict[str, Any]] | None:
         """Copies a finished identical job's images into the new owner's gallery; None on a miss."""

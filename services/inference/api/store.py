@@ -146,53 +146,76 @@ class JobStore:
 
         Returns the row and whether it is new; a known idempotency key returns the existing job.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            # One submit at a time per user, so two racing submits cannot both slip under a limit.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('easel-jobs:' || $1))", job.owner_id)
-            if job.idempotency_key:
-                existing = await conn.fetchrow(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2",
-                    job.owner_id,
-                    job.idempotency_key,
+        row, created, _ = await self.submit(job, cached_images)
+        return row, created
+
+    async def submit(
+        self, job: NewJob, cached_images: list[dict[str, Any]] | None = None
+    ) -> tuple[JobRow, bool, int]:
+        """`create`, plus the new job's queue position (0 unless it is new and queued).
+
+        One round trip: the lock, the key lookup, the limits, the insert and the position are the
+        `submit_job` function of migration 0002 (one submit at a time per user, so two racing
+        submits cannot both slip under a limit).
+        """
+        now = datetime.now(UTC)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        record = await self.pool.fetchrow(
+            "SELECT outcome, amount, queue_position, job FROM submit_job("
+            "$1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16, $17, $18)",
+            uuid.UUID(job.id),
+            job.owner_id,
+            job.owner_username,
+            job.kind,
+            job.model,
+            "queued" if cached_images is None else "completed",
+            json.dumps(params_dict(job.params)),
+            job.request_hash,
+            job.idempotency_key or None,
+            job.cache_key,
+            cached_images is not None,
+            job.params.steps,
+            0 if cached_images is None else job.params.steps,
+            json.dumps(cached_images or []),
+            None if cached_images is None else now,
+            self.in_flight_limit if cached_images is None else None,
+            self.daily_limit,
+            midnight,
+        )
+        assert record is not None
+        outcome = record["outcome"]
+        if outcome == "in_flight":
+            raise self._in_flight_error(int(record["amount"]))
+        if outcome == "daily":
+            raise self._daily_error(now, midnight)
+        row = JobRow.from_record(record["job"])
+        if outcome == "existing":
+            if row.request_hash != job.request_hash:
+                raise conflict(
+                    "idempotency_key_reused",
+                    "This idempotency key was already used for a different request; "
+                    "use a new key for a new request.",
+                    field="idempotency_key",
                 )
-                if existing is not None:
-                    row = JobRow.from_record(existing)
-                    if row.request_hash != job.request_hash:
-                        raise conflict(
-                            "idempotency_key_reused",
-                            "This idempotency key was already used for a different request; "
-                            "use a new key for a new request.",
-                            field="idempotency_key",
-                        )
-                    return row, False
-            await self._check_limits(conn, job.owner_id, in_flight=cached_images is None)
-            now = datetime.now(UTC)
-            record = await conn.fetchrow(
-                f"""
-                INSERT INTO jobs (id, owner_id, owner_username, kind, model, status, params, request_hash,
-                                  idempotency_key, cache_key, cached, steps, step, images,
-                                  started_at, finished_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $15)
-                RETURNING {JOB_COLUMNS}
-                """,
-                uuid.UUID(job.id),
-                job.owner_id,
-                job.owner_username,
-                job.kind,
-                job.model,
-                "queued" if cached_images is None else "completed",
-                json.dumps(params_dict(job.params)),
-                job.request_hash,
-                job.idempotency_key or None,
-                job.cache_key,
-                cached_images is not None,
-                job.params.steps,
-                0 if cached_images is None else job.params.steps,
-                json.dumps(cached_images or []),
-                None if cached_images is None else now,
-            )
-            assert record is not None
-            return JobRow.from_record(record), True
+            return row, False, 0
+        return row, True, int(record["queue_position"])
+
+    def _in_flight_error(self, count: int) -> EaselError:
+        return too_many(
+            "too_many_jobs_in_flight",
+            f"You already have {count} jobs queued or running (the limit is "
+            f"{self.in_flight_limit}); wait for one to finish or cancel one.",
+            IN_FLIGHT_RETRY_AFTER_S,
+        )
+
+    def _daily_error(self, now: datetime, midnight: datetime) -> EaselError:
+        retry = int((midnight + timedelta(days=1) - now).total_seconds()) + 1
+        return too_many(
+            "daily_job_limit_reached",
+            f"You have submitted {self.daily_limit} jobs today, the daily limit; "
+            "try again after midnight UTC.",
+            retry,
+        )
 
     async def check_limits(self, owner_id: str, in_flight: bool = True) -> None:
         """Raises the limit the owner is at, if any (`create` checks again, under a lock)."""
@@ -207,25 +230,14 @@ class JobStore:
                 "SELECT count(*) FROM jobs WHERE owner_id = $1 AND status IN ('queued', 'running')", owner_id
             )
             if count >= self.in_flight_limit:
-                raise too_many(
-                    "too_many_jobs_in_flight",
-                    f"You already have {count} jobs queued or running (the limit is "
-                    f"{self.in_flight_limit}); wait for one to finish or cancel one.",
-                    IN_FLIGHT_RETRY_AFTER_S,
-                )
+                raise self._in_flight_error(count)
         now = datetime.now(UTC)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         today = await conn.fetchval(
             "SELECT count(*) FROM jobs WHERE owner_id = $1 AND created_at >= $2", owner_id, midnight
         )
         if today >= self.daily_limit:
-            retry = int((midnight + timedelta(days=1) - now).total_seconds()) + 1
-            raise too_many(
-                "daily_job_limit_reached",
-                f"You have submitted {self.daily_limit} jobs today, the daily limit; "
-                "try again after midnight UTC.",
-                retry,
-            )
+            raise self._daily_error(now, midnight)
 
     async def delete(self, job_id: str) -> None:
         await self.pool.execute("DELETE FROM jobs WHERE id = $1", uuid.UUID(job_id))
