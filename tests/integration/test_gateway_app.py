@@ -348,7 +348,8 @@ async def test_cookie_requests_need_the_csrf_token(fakes: Client) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        b'--xyz\r\nContent-Disposition: form-data; name="csrf_token"\r\nBroken header\r\n\r\nv\r\n--xyz--\r\n',
+        b'--xyz\r\nContent-Disposition: form-data; name="csrf_token"\r\nBroken header\r\n\r\n'
+        b"v\r\n--xyz--\r\n",
         b"--xyz\r\nno end of headers",
         b"",
     ],
