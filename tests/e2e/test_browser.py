@@ -8,7 +8,6 @@ the module's tmp dir (the path is printed).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import urllib.error
@@ -19,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from services.local.stack import Ports, Stack
+from services.local.stack import Stack
+from tests.stacks import isolated_stack
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,16 +52,6 @@ class World:
     image_id: str = ""
 
 
-async def _create_database(postgres_url: str) -> str:
-    name = f"browser_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     shots = tmp_path_factory.mktemp("screenshots")
@@ -74,25 +63,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path, world: World
 ) -> Iterator[Stack]:
-    """Our own database (the community feed is ours alone) and our own NATS (work queues are
-    shared by every worker on a server); Bob is an administrator."""
-    run_dir = tmp_path_factory.mktemp("browser-stack")
-    s = Stack(
-        run_dir=run_dir,
-        models_dir=models_dir,
-        ports=Ports.free(),
-        database_url=asyncio.run(_create_database(postgres_url)),
-        nats_url=None,
-        extra_env={"EASEL_AUTH_ADMIN_USERS": world.bob},
-        log_dir=run_dir / "logs",
-        grace=10,
-    )
-    try:
-        s.start()
+    """Bob is an administrator."""
+    env = {"EASEL_AUTH_ADMIN_USERS": world.bob}
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "browser", env) as s:
         world.base = s.gateway_url
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import asyncpg
 import openai
 import pytest
-import pytest_asyncio
 import requests
 import webuiapi
 from PIL import Image
 
 from services.gateway import csrf
-from services.local.stack import Ports, Stack
+from services.local.stack import Stack
+from tests.stacks import isolated_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,36 +43,10 @@ TERMINAL = ("completed", "failed", "cancelled")
 # --- the stack and its accounts --------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def database_url(postgres_url: str) -> str:
-    """A database of our own: another stack's result cache would hand us image ids whose bytes
-    live in that stack's blob folder."""
-    name = f"compat_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_dir: Path) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("compat-stack")
-    s = Stack(
-        run_dir=run_dir,
-        models_dir=models_dir,
-        ports=Ports.free(),
-        database_url=database_url,
-        nats_url=None,  # its own NATS: workers on a shared server would take each other's jobs
-        log_dir=run_dir / "logs",
-        grace=10,
-    )
-    try:
-        s.start()
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path) -> Iterator[Stack]:
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "compat") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @dataclass

@@ -8,7 +8,6 @@ its schema. Bounded: a few examples per operation and a time budget for the whol
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import urllib.error
@@ -18,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -34,7 +32,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.local.stack import Ports, Stack
+from services.local.stack import Stack
+from tests.stacks import isolated_stack
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,34 +52,11 @@ CONFORMANCE = [
 NEGATIVE = [not_a_server_error, content_type_conformance]
 
 
-async def _create_database(postgres_url: str) -> str:
-    name = f"fuzz_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path) -> Iterator[Stack]:
-    """Our own database and NATS: the fuzzer's jobs and images stay out of every other test's way."""
-    run_dir = tmp_path_factory.mktemp("fuzz-stack")
-    s = Stack(
-        run_dir=run_dir,
-        models_dir=models_dir,
-        ports=Ports.free(),
-        database_url=asyncio.run(_create_database(postgres_url)),
-        nats_url=None,
-        log_dir=run_dir / "logs",
-        grace=10,
-    )
-    try:
-        s.start()
+    """The fuzzer's jobs and images stay out of every other test's way."""
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "fuzz") as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:

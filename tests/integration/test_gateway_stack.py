@@ -14,49 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 import pytest_asyncio
 from PIL import Image
 
-from services.local.stack import Ports, Stack
+from services.local.stack import Stack
+from tests.stacks import isolated_stack
 
 pytestmark = pytest.mark.timeout(180)
 
 PASSWORD = "correct horse battery staple"
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def database_url(postgres_url: str) -> str:
-    """A database of our own on the session's Postgres: other stacks in this session (the e2e one)
-    share the server, and their result cache or community feed must not leak into ours."""
-    name = f"gateway_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_dir: Path) -> Iterator[Stack]:
-    """The whole studio with its own NATS (work queues are shared by every worker on a server)."""
-    run_dir = tmp_path_factory.mktemp("gateway-stack")
-    s = Stack(
-        run_dir=run_dir,
-        models_dir=models_dir,
-        ports=Ports.free(),
-        database_url=database_url,
-        nats_url=None,
-        log_dir=run_dir / "logs",
-        grace=10,
-    )
-    try:
-        s.start()
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path) -> Iterator[Stack]:
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "gateway") as s:
         yield s
-    finally:
-        s.stop()
 
 
 class World:

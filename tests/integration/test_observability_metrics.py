@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.local.stack import Ports, Stack
+from services.local.stack import Stack
+from tests.stacks import isolated_stack
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -115,41 +115,16 @@ PRESENT: dict[str, list[tuple[str, Labels]]] = {
 }
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def database_url(postgres_url: str) -> str:
-    # A database of our own: the result cache of another stack in the session must not answer ours.
-    name = f"obs_metrics_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_dir: Path) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("obs-metrics-stack")
-    s = Stack(
-        run_dir=run_dir,
-        models_dir=models_dir,
-        ports=Ports.free(),
-        database_url=database_url,
-        nats_url=None,
-        log_dir=run_dir / "logs",
-        grace=10,
-        extra_env={
-            # The worker serves tiny-sd only, so a tiny-sdxl job stays in the queue.
-            "EASEL_WORKER_MODELS": "tiny-sd",
-            "EASEL_WORKER_PRELOAD": "false",
-            "EASEL_QUEUE_METRICS_INTERVAL_S": "0.5",
-        },
-    )
-    try:
-        s.start()
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path) -> Iterator[Stack]:
+    env = {
+        # The worker serves tiny-sd only, so a tiny-sdxl job stays in the queue.
+        "EASEL_WORKER_MODELS": "tiny-sd",
+        "EASEL_WORKER_PRELOAD": "false",
+        "EASEL_QUEUE_METRICS_INTERVAL_S": "0.5",
+    }
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "obs-metrics", env) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
@@ -29,7 +28,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from services.local.infra import free_port
-from services.local.stack import Ports, Stack
+from services.local.stack import Stack
+from tests.stacks import isolated_stack
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -107,48 +107,23 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
     server.stop(grace=None)
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def database_url(postgres_url: str) -> str:
-    # A database of our own: the result cache of another stack in the session must not answer ours.
-    name = f"obs_trace_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
-    database_url: str,
+    postgres_url: str,
     models_dir: Path,
     receiver: tuple[Receiver, int],
 ) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("obs-trace-stack")
-    s = Stack(
-        run_dir=run_dir,
-        models_dir=models_dir,
-        ports=Ports.free(),
-        database_url=database_url,
-        nats_url=None,
-        log_dir=run_dir / "logs",
-        grace=10,
-        extra_env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver[1]}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-            # Loaded on the first job, so the model load is part of that job's trace.
-            "EASEL_WORKER_PRELOAD": "false",
-            "EASEL_WORKER_MODELS": "tiny-sd",
-        },
-    )
-    try:
-        s.start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver[1]}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        # Loaded on the first job, so the model load is part of that job's trace.
+        "EASEL_WORKER_PRELOAD": "false",
+        "EASEL_WORKER_MODELS": "tiny-sd",
+    }
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "obs-trace", env) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
