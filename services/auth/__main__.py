@@ -38,6 +38,7 @@ async def main() -> None:
             AuthServicer(db, throttle, passwords, settings),
             "easel.auth.v1.Auth",
         )
+        server.watch_dependency("database", lambda: pool.fetchval("SELECT 1"))
         await server.start()
         chores = asyncio.create_task(
             housekeeping_loop(db, throttle, settings.auth_housekeeping_interval_s), name="auth-housekeeping"

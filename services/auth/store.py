@@ -81,8 +81,8 @@ class Store:
     async def create_user(self, username: str, email: str, password_hash: str, role: str) -> User:
         try:
             row = await self.pool.fetchrow(
-                f"INSERT INTO users (username, email, password_hash, role) VALUES ($1, $2, $3, $4) "
-                f"RETURNING {_USER_COLUMNS}",
+                "INSERT INTO users (username, email, password_hash, role) VALUES ($1, $2, $3, $4) "
+                f"RETURNING {_USER_COLUMNS}",  # nosec B608  # constant SQL only; values are $n parameters
                 username,
                 email,
                 password_hash,
@@ -93,18 +93,23 @@ class Store:
                 exc.constraint_name or "", ("username_taken", "This account exists already.", "username")
             )
             raise conflict(code, message, field) from None
-        assert row is not None
+        if row is None:  # INSERT ... RETURNING always returns the row
+            raise RuntimeError("the user insert returned no row")
         return _user(row)
 
     async def user_by_id(self, user_id: uuid.UUID) -> User | None:
-        row = await self.pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+        row = await self.pool.fetchrow(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1",  # nosec B608  # constant SQL only; values are $n parameters
+            user_id,
+        )
         return _user(row) if row else None
 
     async def user_by_login(self, login: str) -> User | None:
         """By username, or by email when `login` has an @ (usernames never do)."""
         column = "email" if "@" in login else "username"
         row = await self.pool.fetchrow(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE lower({column}) = lower($1)",
+            # `column` is one of two literals chosen above.
+            f"SELECT {_USER_COLUMNS} FROM users WHERE lower({column}) = lower($1)",  # nosec B608  # constant SQL only; values are $n parameters
             login,
         )
         return _user(row) if row else None
@@ -203,7 +208,7 @@ class Store:
             row = await conn.fetchrow(
                 "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, expires_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7)) "
-                f"RETURNING {_KEY_COLUMNS}",
+                f"RETURNING {_KEY_COLUMNS}",  # nosec B608  # constant SQL only; values are $n parameters
                 key_id,
                 user_id,
                 name,
@@ -212,14 +217,15 @@ class Store:
                 scopes,
                 float(ttl_s),
             )
-            assert row is not None
+            if row is None:  # INSERT ... RETURNING always returns the row
+                raise RuntimeError("the API key insert returned no row")
             return _key(row)
 
     async def api_keys(self, user_id: uuid.UUID) -> list[ApiKey]:
         """Keys not revoked, newest first; expired ones stay listed until revoked so the user sees why."""
         rows = await self.pool.fetch(
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL "
-            "ORDER BY created_at DESC, id",
+            "ORDER BY created_at DESC, id",  # nosec B608  # constant SQL only; values are $n parameters
             user_id,
         )
         return [_key(r) for r in rows]

@@ -8,12 +8,14 @@ give in-flight calls `shutdown_grace_s`, then return so the caller closes its re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -28,6 +30,26 @@ from .telemetry import extract
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("easel.grpc.server")
+
+# Failures of a dependency (the database down or restarting, a connection cut), not of the request:
+# answered UNAVAILABLE, so callers say "try again" (HTTP 503) instead of reporting a bug (500).
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+DEPENDENCY_MESSAGE = "A service this one depends on is not reachable right now; try again in a moment."
+
+
+def _dependency_down(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.InterfaceError):
+        # Only a closed connection or pool; other interface errors are bugs and stay 500.
+        text = str(exc).lower()
+        return "closed" in text or "closing" in text or "connection" in text
+    return isinstance(exc, DEPENDENCY_ERRORS)
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -80,9 +102,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     code = context.code() or grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
-                    code = grpc.StatusCode.INTERNAL
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR))
+                    if _dependency_down(exc):
+                        code = grpc.StatusCode.UNAVAILABLE
+                        await self._unavailable(context, method, exc)
+                    code = grpc.StatusCode.INTERNAL
                     log.exception("unhandled error in %s", method)
                     await context.abort(
                         grpc.StatusCode.INTERNAL,
@@ -114,9 +139,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     code = grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
-                    code = grpc.StatusCode.INTERNAL
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR))
+                    if _dependency_down(exc):
+                        code = grpc.StatusCode.UNAVAILABLE
+                        await self._unavailable(context, method, exc)
+                    code = grpc.StatusCode.INTERNAL
                     log.exception("unhandled error in %s", method)
                     await context.abort(
                         grpc.StatusCode.INTERNAL,
@@ -127,6 +155,16 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     self._observe(short, code, start)
 
         return wrapper
+
+    @staticmethod
+    async def _unavailable(
+        context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BaseException
+    ) -> None:
+        """Aborts the call with UNAVAILABLE: raises, so the lines after a call to it never run."""
+        log.warning("dependency unavailable in %s: %s: %s", method, type(exc).__name__, exc)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, DEPENDENCY_MESSAGE, (("easel-error-code", "dependency_unavailable"),)
+        )
 
     def _observe(self, method: str, code: grpc.StatusCode, start: float) -> None:
         GRPC_SERVER_REQUESTS.labels(self.service, method, code.name).inc()
@@ -150,6 +188,7 @@ class GrpcServer:
         self._names: list[str] = []
         self.port = 0
         self._stop = asyncio.Event()
+        self._checks: list[tuple[str, Callable[[], Awaitable[object]]]] = []
 
     def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
         register(servicer, self.server)
@@ -183,6 +222,30 @@ class GrpcServer:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def watch_dependency(self, name: str, check: Callable[[], Awaitable[object]]) -> None:
+        """Health turns NOT_SERVING while `check` fails (the database down, say) and SERVING again once
+        it passes, so readiness probes and the gateway's /readyz see it. Checked every second."""
+        self._checks.append((name, check))
+
+    async def _watch_dependencies(self, interval_s: float = 1.0, timeout_s: float = 2.0) -> None:
+        serving = True
+        while not self._stop.is_set():
+            down = []
+            for name, check in self._checks:
+                try:
+                    await asyncio.wait_for(check(), timeout_s)
+                except Exception as exc:  # any failure of the check means "not ready"
+                    down.append(f"{name} ({type(exc).__name__})")
+            if bool(down) == serving and not self._stop.is_set():
+                serving = not down
+                await self.set_serving(serving)
+                if down:
+                    log.warning("not serving: %s unavailable", ", ".join(down))
+                else:
+                    log.info("serving again: dependencies reachable")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval_s)
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -192,7 +255,12 @@ class GrpcServer:
         if not self.port:
             await self.start()
         self.install_signal_handlers()
+        watch = asyncio.create_task(self._watch_dependencies()) if self._checks else None
         await self._stop.wait()
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         log.info("stopping: health NOT_SERVING, finishing in-flight calls")
         await self.set_serving(False)
         if on_stopping is not None:

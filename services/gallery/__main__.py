@@ -20,6 +20,7 @@ async def main() -> None:
     async with open_gallery(settings) as service:
         server = GrpcServer("gallery", settings)
         server.add(gallery_pb2_grpc.add_GalleryServicer_to_server, service, "easel.gallery.v1.Gallery")
+        server.watch_dependency("database", lambda: service.pool.fetchval("SELECT 1"))
         await server.start()
         stats = asyncio.create_task(service.run_stats())
         try:

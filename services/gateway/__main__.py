@@ -14,6 +14,7 @@ from services.common.process import run
 from services.common.telemetry import setup_tracing
 
 from .app import create_app
+from .middleware import drain
 from .settings import GatewaySettings
 
 log = logging.getLogger("services.gateway")
@@ -40,6 +41,7 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
+    await drain(runner, settings.shutdown_grace_s)
     await runner.cleanup()
     log.info("stopped")
 

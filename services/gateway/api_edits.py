@@ -136,7 +136,9 @@ async def source_prompt(request: web.Request, principal: Principal, image_id: st
     """The prompt an image in the gallery was made with ("" for uploads); 404 naming `field` when the
     caller cannot see it."""
     try:
-        img = await get_image(request, principal, image_id)
+        # The worker reads the source with the owner's ordinary rights: an admin's view of someone
+        # else's private image must not let in a job that can only fail later.
+        img = await get_image(request, principal, image_id, admin_rights=False)
     except EaselError as exc:
         if exc.http_status == 404:
             exc.field = field

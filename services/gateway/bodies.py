@@ -16,6 +16,10 @@ INT64_MAX = 2**63 - 1
 INT32_MIN = -(2**31)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
+
+
 async def read_json(request: web.Request, required: bool = True) -> Body:
     """The JSON object in the body. Form encodings are refused (they are what forged cross-site
     posts use); an empty body is an empty object when `required` is false."""
@@ -28,9 +32,13 @@ async def read_json(request: web.Request, required: bool = True) -> Body:
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise web.HTTPUnsupportedMediaType()  # answered as JSON 415 unsupported_media_type
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise invalid("invalid_json", f"The body is not valid JSON ({exc}); fix the syntax.") from None
+    except ValueError as exc:  # NaN or Infinity: Python's parser takes them, JSON has no such thing
+        raise invalid("invalid_json", f"The body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise invalid("invalid_json", "The body is not valid JSON: it is nested too deeply.") from None
     if not isinstance(data, dict):
         raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
     return Body(data)

@@ -278,10 +278,15 @@ async def upload_image(
     return str(img.id)
 
 
-async def get_image(request: web.Request, principal: Principal, image_id: str) -> gallery_pb2.Image:
+async def get_image(
+    request: web.Request, principal: Principal, image_id: str, admin_rights: bool = True
+) -> gallery_pb2.Image:
+    actor = principal.actor
+    if not admin_rights:
+        actor.role = "user"
     with user_errors("gallery"):
         img: gallery_pb2.Image = await request.app[CLIENTS].gallery.GetImage(
-            gallery_pb2.GetImageRequest(actor=principal.actor, image_id=image_id)
+            gallery_pb2.GetImageRequest(actor=actor, image_id=image_id)
         )
     return img
 

@@ -87,7 +87,7 @@ _PARAMS = {
 }
 _OPENAI_CODES = {
     # A credential was sent and auth refused it.
-    "invalid_token": "invalid_api_key",
+    "invalid_token": "invalid_api_key",  # nosec B105  # an error code, not a password
     "api_key_expired": "invalid_api_key",
     "session_expired": "invalid_api_key",
     "bad_authorization": "invalid_api_key",
@@ -332,7 +332,8 @@ async def edits(request: web.Request) -> web.StreamResponse:
     image = await image_file(files, "image", required=True)
     mask = await image_file(files, "mask", required=False)
     no_stream(body)
-    assert image is not None and image.data is not None
+    if image is None or image.data is None:  # image_file(required=True) raises first; this narrows
+        raise invalid("missing_image", "Attach the image as a file field named 'image'.", field="image")
     mask_png = await asyncio.to_thread(_mask_from_openai, image.data, mask.data if mask else None)
     params = edit_params(params_body(body))
     if mask_png is None:
@@ -352,7 +353,8 @@ async def variations(request: web.Request) -> web.StreamResponse:
     model = model_name(body)
     image = await image_file(files, "image", required=True)
     no_stream(body)
-    assert image is not None
+    if image is None:  # image_file(required=True) raises first; this narrows the type
+        raise invalid("missing_image", "Attach the image as a file field named 'image'.", field="image")
     params = edit_params(params_body(body, prompt_required=False), DEFAULT_EDIT_PROMPT)
     job = await submit_edit(request, principal, "variation", model, params, image)
     return await answer(request, principal, job, fmt)

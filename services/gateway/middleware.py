@@ -30,6 +30,7 @@ from services.common.metrics import LATENCY_BUCKETS
 from services.common.telemetry import extract
 
 from . import csrf
+from .api_jobs import SHUTTING_DOWN
 from .clients import CLIENTS
 from .principal import (
     CLEAR_SESSION_COOKIE,
@@ -328,7 +329,62 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
             response.headers.add("Set-Cookie", morsel.OutputString())
 
 
+# --- graceful stop -----------------------------------------------------------------------------
+
+
+class InFlight:
+    """The requests being handled now. A stopping gateway waits for them before closing connections:
+    aiohttp's own shutdown stops reading from every connection at once, so a request whose body was
+    still arriving (an upload) would hang until the shutdown timeout and then be cut off."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.count = 0
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+IN_FLIGHT = InFlight()
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    IN_FLIGHT.enter()
+    try:
+        return await handler(request)
+    finally:
+        IN_FLIGHT.leave()
+
+
+async def drain(runner: web.AppRunner, grace: float) -> None:
+    """The first half of a graceful stop: no new connections, event streams told to end (their
+    clients reconnect elsewhere with Last-Event-ID), and at most `grace` seconds for the requests in
+    flight to finish. `runner.cleanup()` then closes what is left."""
+    for site in list(runner.sites):
+        await site.stop()
+    stopping = runner.app.get(SHUTTING_DOWN)
+    if stopping is not None:
+        stopping.set()
+    try:
+        await asyncio.wait_for(IN_FLIGHT.wait_idle(), grace)
+    except TimeoutError:
+        log.warning("grace period over with %d requests still in flight", IN_FLIGHT.count)
+
+
 MIDDLEWARES = [
+    in_flight_middleware,
     request_id_middleware,
     metrics_middleware,
     error_middleware,

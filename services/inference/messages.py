@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -156,8 +156,8 @@ async def cancel_bucket(js: JetStreamContext) -> KeyValue:
     """The KV bucket of cancelled job ids, created if missing (api and workers both call this)."""
     try:
         return await js.key_value(CANCEL_BUCKET)
-    except Exception:
-        pass
+    except BucketNotFoundError:
+        pass  # made below
     try:
         return await js.create_key_value(
             KeyValueConfig(bucket=CANCEL_BUCKET, ttl=CANCEL_TTL_S, storage=StorageType.FILE, history=1)

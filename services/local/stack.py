@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess  # nosec B404 - starts this project's own processes with fixed argument lists
+import subprocess  # nosec B404  # starts this project's own processes with fixed argument lists
 import sys
 import time
 import urllib.request
@@ -81,7 +81,7 @@ def grpc_serving(target: str, timeout: float = 1.0) -> bool:
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # nosec B310 - loopback URL we built
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # nosec B310  # loopback URL we built
             return bool(resp.status == 200)
     except OSError:
         return False

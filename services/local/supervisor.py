@@ -185,7 +185,8 @@ def main(argv: list[str]) -> int:
         log_dir=None,
         grace=float(os.environ.get("EASEL_SHUTDOWN_GRACE_S", "20")),
     )
-    assert set(DEFS) == set(ORDER)
+    if set(DEFS) != set(ORDER):
+        raise RuntimeError("services.local.stack: DEFS and ORDER name different services")
     try:
         return Supervisor(stack).run()
     finally:

@@ -61,6 +61,8 @@ async def main() -> None:
         server.add(
             inference_pb2_grpc.add_InferenceServicer_to_server, service, "easel.inference.v1.Inference"
         )
+        server.watch_dependency("database", lambda: pool.fetchval("SELECT 1"))
+        server.watch_dependency("nats", lambda: nc.flush(timeout=1))
         await server.start()
 
         async def stopping() -> None:

@@ -135,7 +135,9 @@ class JobStore:
 
     async def find_by_key(self, owner_id: str, key: str) -> JobRow | None:
         record = await self.pool.fetchrow(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2", owner_id, key
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND idempotency_key = $2",  # nosec B608  # constant SQL only; values are $n parameters
+            owner_id,
+            key,
         )
         return JobRow.from_record(record) if record else None
 
@@ -182,7 +184,8 @@ class JobStore:
             self.daily_limit,
             midnight,
         )
-        assert record is not None
+        if record is None:  # the statement always returns its one row
+            raise RuntimeError("the job insert returned no row")
         outcome = record["outcome"]
         if outcome == "in_flight":
             raise self._in_flight_error(int(record["amount"]))
@@ -244,7 +247,8 @@ class JobStore:
 
     async def get(self, job_id: str) -> JobRow | None:
         record = await self.pool.fetchrow(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", parse_job_id(job_id)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1",  # nosec B608  # constant SQL only; values are $n parameters
+            parse_job_id(job_id),
         )
         return JobRow.from_record(record) if record else None
 
@@ -259,7 +263,7 @@ class JobStore:
             created, last_id = _decode_cursor(cursor)
             records = await self.pool.fetch(
                 f"""SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 AND (created_at, id) < ($2, $3)
-                    ORDER BY created_at DESC, id DESC LIMIT $4""",
+                    ORDER BY created_at DESC, id DESC LIMIT $4""",  # nosec B608  # constant SQL only; values are $n parameters
                 owner_id,
                 created,
                 last_id,
@@ -268,7 +272,7 @@ class JobStore:
         else:
             records = await self.pool.fetch(
                 f"""SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1
-                    ORDER BY created_at DESC, id DESC LIMIT $2""",
+                    ORDER BY created_at DESC, id DESC LIMIT $2""",  # nosec B608  # constant SQL only; values are $n parameters
                 owner_id,
                 limit + 1,
             )
@@ -292,7 +296,7 @@ class JobStore:
     async def find_cached(self, cache_key: str) -> JobRow | None:
         record = await self.pool.fetchrow(
             f"""SELECT {JOB_COLUMNS} FROM jobs WHERE cache_key = $1 AND status = 'completed'
-                AND jsonb_array_length(images) > 0 ORDER BY finished_at DESC LIMIT 1""",
+                AND jsonb_array_length(images) > 0 ORDER BY finished_at DESC LIMIT 1""",  # nosec B608  # constant SQL only; values are $n parameters
             cache_key,
         )
         return JobRow.from_record(record) if record else None
@@ -300,7 +304,7 @@ class JobStore:
     async def cancel_queued(self, job_id: str) -> JobRow | None:
         record = await self.pool.fetchrow(
             f"""UPDATE jobs SET status = 'cancelled', finished_at = now()
-                WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}""",
+                WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}""",  # nosec B608  # constant SQL only; values are $n parameters
             uuid.UUID(job_id),
         )
         return JobRow.from_record(record) if record else None
@@ -324,21 +328,22 @@ class JobStore:
         where = "WHERE id = $1 AND event_seq < $2 AND status IN ('queued', 'running')"
         if event.type in ("running", "progress"):
             sql = f"""UPDATE jobs SET status = 'running', step = $3, steps = GREATEST($4, 1),
-                      started_at = COALESCE(started_at, $5), event_seq = $2 {where} RETURNING {JOB_COLUMNS}"""
+                      started_at = COALESCE(started_at, $5), event_seq = $2 {where}
+                      RETURNING {JOB_COLUMNS}"""  # nosec B608  # constant SQL only; values are $n parameters
             args: tuple[Any, ...] = (event.step, event.steps or 1, at)
         elif event.type == "completed":
             images = [{"id": i.id, "index": i.index} for i in event.images]
             sql = f"""UPDATE jobs SET status = 'completed', step = steps, images = $3::jsonb, cached = $4,
                       started_at = COALESCE(started_at, $5), finished_at = $5, event_seq = $2 {where}
-                      RETURNING {JOB_COLUMNS}"""
+                      RETURNING {JOB_COLUMNS}"""  # nosec B608  # constant SQL only; values are $n parameters
             args = (json.dumps(images), event.cached, at)
         elif event.type == "failed":
             sql = f"""UPDATE jobs SET status = 'failed', error_code = $3, error_message = $4,
-                      finished_at = $5, event_seq = $2 {where} RETURNING {JOB_COLUMNS}"""
+                      finished_at = $5, event_seq = $2 {where} RETURNING {JOB_COLUMNS}"""  # nosec B608  # constant SQL only; values are $n parameters
             args = (event.error_code or "generation_failed", event.error_message, at)
         elif event.type == "cancelled":
             sql = f"""UPDATE jobs SET status = 'cancelled', step = GREATEST(step, $3), finished_at = $4,
-                      event_seq = $2 {where} RETURNING {JOB_COLUMNS}"""
+                      event_seq = $2 {where} RETURNING {JOB_COLUMNS}"""  # nosec B608  # constant SQL only; values are $n parameters
             args = (event.step, at)
         else:
             return None

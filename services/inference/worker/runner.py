@@ -617,8 +617,10 @@ class Worker:
         event = JobEventMessage(job_id=job.id, type=type_, attempt=job.attempt, worker=self.name, **fields)
         with trace.use_span(job.span, end_on_exit=False):
             try:
-                if type_ == "progress":
-                    # Progress is frequent and disposable: no JetStream ack round trip.
+                if type_ in ("progress", "running"):
+                    # Progress is frequent and disposable, and "running" only comes before the job's
+                    # final event, which is acknowledged: no JetStream ack round trip (one per job
+                    # of a batch, while the GPU waits). The stream still stores them, in order.
                     await self.nc.publish(event_subject(job.id), event.encode(), headers=trace_headers())
                 else:
                     await publish(self.js, event_subject(job.id), event.encode())

@@ -1,0 +1,68 @@
+"""Fixtures of the reliability tests: whole studios as real processes, each on its own NATS.
+
+Stacks that only need a database get one of their own on the session's Postgres (its result cache
+and community feed then hold only what the module made); the fault tests bring their own Postgres,
+since they stop and restart it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest_asyncio
+
+from services.local.stack import Ports, Stack
+
+# Lower password-hashing cost: the tests log in often, and hashing is not what they are about.
+FAST_AUTH = {
+    "EASEL_AUTH_ARGON2_TIME_COST": "1",
+    "EASEL_AUTH_ARGON2_MEMORY_KIB": "8192",
+    "EASEL_AUTH_ARGON2_PARALLELISM": "1",
+}
+
+
+async def new_database(postgres_url: str, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+def make_stack(
+    run_dir: Path, models_dir: Path, database_url: str | None, extra_env: dict[str, str] | None = None
+) -> Stack:
+    return Stack(
+        run_dir=run_dir,
+        models_dir=models_dir,
+        ports=Ports.free(),
+        database_url=database_url,
+        nats_url=None,  # always its own: stacks sharing NATS pull each other's jobs
+        log_dir=run_dir / "logs",
+        grace=20,
+        extra_env={**FAST_AUTH, **(extra_env or {})},
+    )
+
+
+def pids(stack: Stack) -> dict[str, int]:
+    """Every process of the stack that is running now, by name."""
+    out = {name: child.proc.pid for name, child in stack.children.items() if child.alive and child.proc}
+    for name, server in (("nats", stack.nats), ("postgres", stack.postgres)):
+        if server is not None and server.proc is not None and server.proc.poll() is None:
+            out[name] = server.proc.pid
+    return out
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """No cookies: each call says who it is with a bearer token (or is anonymous)."""
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+        yield session
