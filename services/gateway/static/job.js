@@ -179,6 +179,7 @@ window.Easel = window.Easel || {};
       this.source = source;
       for (const type of ["queued", "running", "progress", "completed", "failed", "cancelled"]) {
         source.addEventListener(type, (ev) => {
+          this.retryDelay = 0;
           const job = JSON.parse(ev.data);
           this.render(job);
           if (TERMINAL.includes(job.status)) this.end();
@@ -190,10 +191,29 @@ window.Easel = window.Easel || {};
           this.showError(err.message);
           this.end();
         } else if (source.readyState === EventSource.CLOSED) {
-          this.end();
-          this.refresh();
+          this.source = null;
+          this.resume(id);
         }
       });
+    }
+
+    // The browser gives up on a stream that answered with an error (a backend restarting): look at
+    // the job, and follow it again after a growing pause until it has ended.
+    async resume(id) {
+      const delay = (this.retryDelay = Math.min((this.retryDelay || 250) * 2, 8000));
+      try {
+        const resp = await Easel.api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`);
+        if (resp.ok) {
+          const job = await resp.json();
+          this.render(job);
+          if (TERMINAL.includes(job.status)) { this.end(); return; }
+        }
+      } catch (e) {
+        // The network or the gateway is down: try again after the pause.
+      }
+      setTimeout(() => {
+        if (this.jobId === id && !this.source) this.follow(id);
+      }, delay);
     }
 
     async cancel() {
