@@ -479,7 +479,7 @@ async def test_queue_position_and_cancel_of_queued_job(
 
 
 async def test_cancel_of_running_job_stops_it(
-    api: inference_pb2_grpc.InferenceStub, gallery: gallery_pb2_grpc.GalleryStub
+    api: inference_pb2_grpc.InferenceStub, gallery: gallery_pb2_grpc.GalleryStub, stack: Stack
 ) -> None:
     who = actor("impatient")
     job = await api.SubmitJob(txt2img(who, width=256, height=256, steps=50, n=8, prompt="a vast city"))
@@ -501,6 +501,15 @@ async def test_cancel_of_running_job_stops_it(
     assert last.job.step < 50
     assert last.job.step - step_at_cancel <= 10
     assert time.monotonic() - cancel_at < 10
+    # Within one step of the worker hearing of it: the step in hand then, from its log line.
+    assert stack.log_dir is not None
+    heard = [
+        json.loads(line)
+        for line in (stack.log_dir / "inference-worker.log").read_text().splitlines()
+        if line.startswith("{") and job.id in line and "cancel requested" in line
+    ]
+    assert len(heard) == 1, heard
+    assert 0 <= last.job.step - heard[0]["step"] <= 1, (heard[0]["step"], last.job.step)
     got = await api.GetJob(inference_pb2.GetJobRequest(actor=who, job_id=job.id))
     assert got.status == "cancelled" and not got.images
     mine = await gallery.ListImages(gallery_pb2.ListImagesRequest(actor=who))

@@ -296,7 +296,8 @@ class Worker:
         job = self._in_hand.get(job_id)
         if job is not None and not job.cancelled:
             job.cancelled = True
-            log.info("cancel requested for a job in hand", extra={"job_id": job_id})
+            # The step in hand when the request arrived: the job must stop after at most one more.
+            log.info("cancel requested for a job in hand", extra={"job_id": job_id, "step": job.step})
 
     async def _is_cancelled(self, job_id: str) -> bool:
         if job_id in self._recent_cancels:
