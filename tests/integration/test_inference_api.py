@@ -23,6 +23,9 @@ from PIL import Image
 from easel.common.v1 import common_pb2
 from easel.gallery.v1 import gallery_pb2, gallery_pb2_grpc
 from easel.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.db import connect_pool
+from services.inference.api.store import JobStore, NewJob
+from services.inference.api.validation import ModelCatalog, normalize
 from services.inference.pngmeta import read_png_params
 from services.local.infra import free_port
 from services.local.stack import DEFS, Child, Ports, Stack, http_ok
@@ -258,6 +261,40 @@ async def test_same_seed_gives_same_pixels_and_cache_answers_other_users(
 
 
 # --- idempotency, validation and ownership -------------------------------------------------------
+
+
+async def test_retry_queues_a_job_committed_but_never_published(
+    api: inference_pb2_grpc.InferenceStub, postgres_url: str, inference_models_dir: Path
+) -> None:
+    """An api that died between committing a job and publishing it leaves the row queued with no
+    message; the client's retry with the same idempotency key must get it generated."""
+    who = actor("crashed")
+    key = f"key-{uuid.uuid4()}"
+    request = txt2img(who, key=key, steps=2, seed=7)
+    catalog = ModelCatalog(inference_models_dir)
+    norm = normalize(request, await catalog.models(), catalog, 2000)
+    pool = await connect_pool(postgres_url, "inference")
+    try:
+        # Exactly what SubmitJob commits before it publishes.
+        row, created, _ = await JobStore(pool, 100, 100).submit(
+            NewJob(
+                id=str(uuid.uuid4()),
+                owner_id=who.user_id,
+                owner_username=who.username,
+                kind=norm.kind,
+                model=norm.model.name,
+                params=norm.params,
+                request_hash=norm.request_hash,
+                idempotency_key=key,
+                cache_key=None,
+            )
+        )
+    finally:
+        await pool.close()
+    assert created and row.status == "queued"
+    retried = await api.SubmitJob(request)
+    assert retried.id == row.id
+    assert (await wait_status(api, who, row.id, TERMINAL, timeout=60)).status == "completed"
 
 
 async def test_idempotency_key_returns_the_same_job(api: inference_pb2_grpc.InferenceStub) -> None:

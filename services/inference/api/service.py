@@ -25,6 +25,7 @@ from services.common.messaging import EVENTS_STREAM, cancel_subject, event_subje
 from services.inference.messages import (
     TERMINAL,
     JobEventMessage,
+    JobParams,
     MessageError,
     WorkMessage,
     image_params,
@@ -164,6 +165,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                         "use a new key for a new request.",
                         field="idempotency_key",
                     )
+                if existing.status == "queued":
+                    # The first attempt may have died between its commit and its publish; publishing
+                    # again is safe: the message id is the job id, so JetStream drops a duplicate.
+                    await self._queue(existing, existing.job_params(), drop_on_failure=False)
                 return await self._proto(existing)
         new = NewJob(
             id=str(uuid.uuid4()),
@@ -191,27 +196,32 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         row, created, position = await self.store.submit(new)
         if not created:
             return await self._proto(row)
+        await self._queue(row, norm.params, drop_on_failure=True)
+        JOBS_SUBMITTED.labels(row.model, row.kind).inc()
+        log.info("job queued", extra={"job_id": row.id, "model": row.model, "kind": row.kind})
+        return to_proto(row, position)
+
+    async def _queue(self, row: JobRow, params: JobParams, drop_on_failure: bool) -> None:
+        """Publishes the job's work message (message id = job id)."""
         work = WorkMessage(
             job_id=row.id,
-            owner_id=owner,
-            owner_username=request.actor.username,
+            owner_id=row.owner_id,
+            owner_username=row.owner_username,
             kind=row.kind,
             model=row.model,
-            params=norm.params,
+            params=params,
             submitted_at=row.created_at.timestamp(),
         )
         try:
             await publish(self.js, job_subject(row.model, row.kind), work.encode(), msg_id=row.id)
         except NATS_ERRORS as exc:
-            # Without its message the job would wait forever; drop it so a retry starts clean.
             log.warning("could not queue job %s: %s", row.id, type(exc).__name__)
-            await self.store.delete(row.id)
+            if drop_on_failure:
+                # Without its message the job would wait forever; drop it so a retry starts clean.
+                await self.store.delete(row.id)
             raise unavailable(
                 "queue_unavailable", "The job queue is not reachable right now; try again in a moment."
             ) from None
-        JOBS_SUBMITTED.labels(row.model, row.kind).inc()
-        log.info("job queued", extra={"job_id": row.id, "model": row.model, "kind": row.kind})
-        return to_proto(row, position)
 
     async def _from_cache(self, cache_key: str, new: NewJob) -> list[dict[str, Any]] | None:
         """Copies a finished identical job's images into the new owner's gallery; None on a miss."""
