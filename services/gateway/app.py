@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator
 import prometheus_client
 from aiohttp import web
 
-from . import api_auth, api_edits, api_images, api_jobs, compat_a1111, compat_openai, openapi, web_account
+from . import (
+    api_auth,
+    api_edits,
+    api_images,
+    api_jobs,
+    compat_a1111,
+    compat_openai,
+    openapi,
+    ratelimit,
+    web_account,
+)
 from . import web as web_ui
 from .api_jobs import SHUTTING_DOWN
 from .clients import CLIENTS, clients_ctx
@@ -72,6 +82,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[ENV] = make_env()
+    ratelimit.install(app)
     app.cleanup_ctx.append(clients_ctx(settings))
     app.cleanup_ctx.append(_shutdown_signal)
     app.on_shutdown.append(_on_shutdown)

@@ -29,7 +29,7 @@ from services.common.logs import request_id_var
 from services.common.metrics import LATENCY_BUCKETS
 from services.common.telemetry import extract
 
-from . import csrf
+from . import csrf, ratelimit
 from .api_jobs import SHUTTING_DOWN
 from .clients import CLIENTS
 from .principal import (
@@ -286,6 +286,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+@web.middleware
+async def ratelimit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ratelimit.check(request)  # after auth: a signed-in caller is limited per user, others per address
+    return await handler(request)
+
+
 # --- CSRF --------------------------------------------------------------------------------------
 
 
@@ -389,5 +395,6 @@ MIDDLEWARES = [
     metrics_middleware,
     error_middleware,
     auth_middleware,
+    ratelimit_middleware,
     csrf_middleware,
 ]

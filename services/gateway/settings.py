@@ -25,6 +25,12 @@ class GatewaySettings(CommonSettings):
     sse_keepalive_s: float = Field(default=15.0, gt=0)
     # Largest request body accepted, in bytes.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Request rate limits (token buckets in this process): signed-in callers per user, anonymous
+    # ones per client address. A page of thumbnails is a burst, hence the generous bursts.
+    rate_limit_user_per_s: float = Field(default=50.0, gt=0)
+    rate_limit_user_burst: int = Field(default=300, ge=1)
+    rate_limit_client_per_s: float = Field(default=20.0, gt=0)
+    rate_limit_client_burst: int = Field(default=200, ge=1)
 
     @field_validator("public_url")
     @classmethod

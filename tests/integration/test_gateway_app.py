@@ -23,7 +23,9 @@ from easel.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.gateway import csrf, openapi
 from services.gateway.api_jobs import SHUTTING_DOWN
 from services.gateway.app import create_app
+from services.gateway.ratelimit import TokenBuckets
 from services.gateway.settings import GatewaySettings
+from services.gateway.urls import SETTINGS
 from services.local.infra import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -473,3 +475,41 @@ async def test_idle_stream_keeps_alive_and_ends_on_shutdown(fakes: Client) -> No
         finally:
             fakes.app[SHUTTING_DOWN].clear()
     assert b"event: " not in rest
+
+
+# --- rate limits --------------------------------------------------------------------------------
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    buckets = TokenBuckets(rate=2.0, burst=3)
+    assert [buckets.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a", now=0.0) == pytest.approx(0.5)  # one token comes every 0.5 s
+    assert buckets.take("b", now=0.0) == 0.0  # another caller has a bucket of its own
+    assert buckets.take("a", now=0.5) == 0.0
+
+
+async def test_anonymous_and_signed_in_callers_are_rate_limited_with_retry_after(fakes: Client) -> None:
+    settings = fakes.server.app[SETTINGS].model_copy(
+        update={
+            "rate_limit_client_per_s": 0.1,
+            "rate_limit_client_burst": 3,
+            "rate_limit_user_per_s": 0.1,
+            "rate_limit_user_burst": 2,
+        }
+    )
+    app = create_app(settings)
+    async with TestClient(TestServer(app)) as client:
+        statuses = [(await client.get("/api/v1/community")).status for _ in range(3)]
+        assert 429 not in statuses
+        resp = await client.get("/api/v1/community")
+        assert resp.status == 429
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert (await resp.json())["error"]["code"] == "rate_limited"
+        # Probes are never limited.
+        assert (await client.get("/healthz")).status == 200
+        # A signed-in caller has a bucket of its own, per user.
+        bearer = {"Authorization": f"Bearer {SESSION}"}
+        assert (await client.get("/api/v1/jobs/job1", headers=bearer)).status == 200
+        assert (await client.get("/api/v1/jobs/job1", headers=bearer)).status == 200
+        resp = await client.get("/api/v1/jobs/job1", headers=bearer)
+        assert resp.status == 429 and "Retry-After" in resp.headers
