@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.local.stack import Ports, Stack  # noqa: E402
-from tests.reliability.conftest import FAST_AUTH, pids  # noqa: E402
+from tests.reliability.conftest import FAST_AUTH, SHARED_ADDRESS, pids  # noqa: E402
 from tests.reliability.loadgen import LoadConfig, LoadRun  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main() -> int:
             ports=Ports.free(),
             log_dir=run_dir / "logs",
             grace=20,
-            extra_env=FAST_AUTH if args.fast_hashing else {},
+            extra_env={**SHARED_ADDRESS, **(FAST_AUTH if args.fast_hashing else {})},
         )
         try:
             stack.start()

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from services.local.stack import Stack
 
-from .conftest import make_stack, new_database, pids
+from .conftest import SHARED_ADDRESS, make_stack, new_database, pids
 from .loadgen import LoadConfig, LoadRun, summary_line
 
 pytestmark = pytest.mark.timeout(600)
@@ -29,7 +29,7 @@ async def database_url(postgres_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_dir: Path) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("load-stack"), models_dir, database_url)
+    s = make_stack(tmp_path_factory.mktemp("load-stack"), models_dir, database_url, SHARED_ADDRESS)
     try:
         s.start()
         yield s
