@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .config import GrpcServiceSettings
 from .errors import EaselError
@@ -42,6 +42,16 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 DEPENDENCY_MESSAGE = "A service this one depends on is not reachable right now; try again in a moment."
+
+
+def _status_for(exc: Exception) -> grpc.StatusCode:
+    """The status a failed call answers with: the user error's own, UNAVAILABLE while a dependency
+    is down, INTERNAL for anything else."""
+    if isinstance(exc, EaselError):
+        return exc.status
+    if _dependency_down(exc):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
 
 
 def _dependency_down(exc: BaseException) -> bool:
@@ -94,26 +104,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ) as span:
                 try:
                     return await fn(request, context)
-                except EaselError as exc:
-                    code = exc.status
-                    span.set_attribute("easel.error_code", exc.code)
-                    await context.abort(exc.status, exc.message, exc.trailing_metadata())
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     code = context.code() or grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR))
-                    if _dependency_down(exc):
-                        code = grpc.StatusCode.UNAVAILABLE
-                        await self._unavailable(context, method, exc)
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("unhandled error in %s", method)
-                    await context.abort(
-                        grpc.StatusCode.INTERNAL,
-                        "Something went wrong on our side; try again, and report it if it persists.",
-                        (("easel-error-code", "internal"),),
-                    )
+                    code = _status_for(exc)
+                    await self._abort(context, span, method, exc, code)
                 finally:
                     self._observe(short, code, start)
 
@@ -131,30 +127,39 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     async for item in fn(request, context):
                         yield item
-                except EaselError as exc:
-                    code = exc.status
-                    span.set_attribute("easel.error_code", exc.code)
-                    await context.abort(exc.status, exc.message, exc.trailing_metadata())
                 except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
                     code = grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR))
-                    if _dependency_down(exc):
-                        code = grpc.StatusCode.UNAVAILABLE
-                        await self._unavailable(context, method, exc)
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("unhandled error in %s", method)
-                    await context.abort(
-                        grpc.StatusCode.INTERNAL,
-                        "Something went wrong on our side; try again, and report it if it persists.",
-                        (("easel-error-code", "internal"),),
-                    )
+                    code = _status_for(exc)
+                    await self._abort(context, span, method, exc, code)
                 finally:
                     self._observe(short, code, start)
 
         return wrapper
+
+    async def _abort(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        span: Span,
+        method: str,
+        exc: Exception,
+        code: grpc.StatusCode,
+    ) -> None:
+        """Ends the call with the answer `exc` deserves (`code`, from `_status_for`); always raises."""
+        if isinstance(exc, EaselError):
+            span.set_attribute("easel.error_code", exc.code)
+            await context.abort(exc.status, exc.message, exc.trailing_metadata())
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR))
+        if code == grpc.StatusCode.UNAVAILABLE:
+            await self._unavailable(context, method, exc)
+        log.exception("unhandled error in %s", method)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            "Something went wrong on our side; try again, and report it if it persists.",
+            (("easel-error-code", "internal"),),
+        )
 
     @staticmethod
     async def _unavailable(
