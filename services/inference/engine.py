@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from services.common.config import SettingsError
 from services.common.errors import EaselError, invalid, unavailable
 
+from .accel import Accel
 from .models import KINDS, ModelManifest
 from .pngmeta import encode_png, read_png_params
 from .schedulers import resolve_sampler
@@ -261,6 +262,7 @@ class Engine:
         dtype: str = "auto",
         memory_budget_bytes: int | None = None,
         batch_invariant: bool | None = None,
+        accel: Accel | None = None,
     ) -> None:
         import torch
         from diffusers.utils import logging as diffusers_logging
@@ -278,6 +280,12 @@ class Engine:
         # Bit-identical images in any batch cost the batching speed-up; a CPU has little of that to
         # lose, a GPU has most of its throughput in it (there batches match solo runs to rounding).
         self.batch_invariant = self.device == "cpu" if batch_invariant is None else batch_invariant
+        self.accel = accel or Accel()
+        self.cache_folder = None
+        if self.accel.compiled and self.accel.cache_dir is not None:
+            from . import accel as accel_module
+
+            self.cache_folder = accel_module.use_cache(self.accel.cache_dir, self.device)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         # One generation at a time: pipelines and their schedulers hold per-call state.
         self._lock = threading.RLock()
@@ -290,10 +298,12 @@ class Engine:
         logging.getLogger("diffusers.models.modeling_utils").addFilter(_quiet_cast_warning)
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         log.info(
-            "engine on %s (%s), weight budget %.1f GiB, models: %s",
+            "engine on %s (%s), weight budget %.1f GiB, %s, compile cache %s, models: %s",
             self.device,
             str(self.dtype).removeprefix("torch."),
             self.memory_budget_bytes / 2**30,
+            self.accel.describe(),
+            self.cache_folder or "torch's default",
             _installed(self.models),
         )
 
@@ -400,6 +410,8 @@ class Engine:
         for attempt in (1, 2):
             try:
                 loaded: LoadedModel = p.load_model(manifest, self.device, self.dtype, self.batch_invariant)
+                if self.accel.enabled:
+                    self._accelerate(loaded)
                 return loaded
             except Exception as exc:
                 if not p.is_out_of_memory(exc):
@@ -413,6 +425,57 @@ class Engine:
                     self.unload(name)
                 self._empty_cache()
         raise self._out_of_memory(model, f"loading {model}")
+
+    def _accelerate(self, loaded: LoadedModel) -> None:
+        """Channels-last, fused QKV and the compiled UNet, warmed for every bucket at load.
+
+        A warm-up that fails leaves the model on its eager UNet: slower, never broken.
+        """
+        from . import accel
+
+        manifest = loaded.manifest
+        fast = accel.prepare(loaded.base, self.accel)
+        if fast is None:
+            return
+        sizes = [(manifest.default_width, manifest.default_height)]
+        sizes += [
+            (w, h)
+            for w, h in self.accel.sizes
+            if (w, h) not in sizes and manifest.min_size <= min(w, h) and max(w, h) <= manifest.max_size
+        ]
+        task = "inpaint" if manifest.inpainting else "txt2img"
+        timer = accel.WarmTimer()
+        try:
+            for width, height in sizes:
+                plan = _Plan(task, width, height, self.accel.warm_steps, 7.5, "euler", 1.0, manifest.name)
+                init = mask = None
+                if task == "inpaint":
+                    init = Image.new("RGB", (width, height), (127, 127, 127))
+                    mask = Image.new("L", (width, height), 255)
+                for bucket in fast.buckets:
+                    items = [_Item("warm-up", "", seed, init, mask) for seed in range(bucket)]
+                    with accel.unet_of(loaded.pipe(task), fast.runner):
+                        _run_batch(loaded, plan, items, None, self.batch_invariant)
+                fast.sizes.add((width, height))
+        except Exception as exc:
+            oom = self._p.is_out_of_memory(exc)
+            reason = "out of memory" if oom else f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.warning("compiling %s failed (%s); it runs uncompiled", manifest.name, reason)
+            if oom:
+                self._empty_cache()
+            return
+        seconds, cache = timer.done()
+        fast.warm_seconds = seconds
+        loaded.fast = fast
+        log.info(
+            "compiled %s for %s at batch sizes %s in %.1fs (compile cache: %d hits, %d misses)",
+            manifest.name,
+            ", ".join(f"{w}x{h}" for w, h in sorted(fast.sizes)),
+            ",".join(map(str, fast.buckets)),
+            seconds,
+            cache["hits"],
+            cache["misses"],
+        )
 
     def _empty_cache(self) -> None:
         import gc
@@ -541,7 +604,10 @@ class Engine:
     ) -> list[Image.Image]:
         p = self._p
         try:
-            return _run_batch(loaded, plan, items, on_step)
+            fast = loaded.fast
+            if fast is not None and fast.serves(plan.width, plan.height, plan.guidance > 1):
+                return self._run_compiled(loaded, plan, items, on_step)
+            return _run_batch(loaded, plan, items, on_step, self.batch_invariant)
         except Exception as exc:
             if not p.is_out_of_memory(exc):
                 raise
@@ -560,7 +626,7 @@ class Engine:
             half = max(1, (len(items) + 1) // 2)
             images: list[Image.Image] = []
             for at in range(0, len(items), half):
-                images += _run_batch(loaded, plan, items[at : at + half], on_step)
+                images += _run_batch(loaded, plan, items[at : at + half], on_step, self.batch_invariant)
             return images
         except Exception as exc:
             if p.is_out_of_memory(exc):
@@ -571,6 +637,32 @@ class Engine:
             raise
         finally:
             _set_low_memory(pipe, False)
+
+    def _run_compiled(
+        self,
+        loaded: LoadedModel,
+        plan: _Plan,
+        items: list[_Item],
+        on_step: Callable[[int, int], bool] | None,
+    ) -> list[Image.Image]:
+        """The batch on the compiled UNet, padded to its bucket sizes (static shapes, no recompile).
+
+        A padding row repeats the last image (same prompt and seed); its output is dropped. Each row
+        has its own generator, so padding does not change the real images' starting noise.
+        """
+        from . import accel
+
+        fast = loaded.fast
+        assert fast is not None
+        images: list[Image.Image] = []
+        at = 0
+        with accel.unet_of(loaded.pipe(plan.task), fast.runner):
+            for real, padded in accel.chunks(len(items), fast.buckets):
+                part = items[at : at + real]
+                at += real
+                padding = [part[-1]] * (padded - real)
+                images += _run_batch(loaded, plan, part + padding, on_step, self.batch_invariant)[:real]
+        return images
 
 
 def _quiet_cast_warning(record: logging.LogRecord) -> bool:
@@ -592,36 +684,46 @@ def _set_low_memory(pipe: Any, on: bool) -> None:
         log.warning("could not switch low-memory mode %s: %s", "on" if on else "off", exc)
 
 
-def _encode(pipe: Any, loaded: LoadedModel, items: list[_Item], cfg: bool) -> dict[str, Any]:
-    """Prompt embeddings per image, each encoded on its own so batching cannot change them."""
+_EMBEDDING_NAMES = ("prompt_embeds", "negative_prompt_embeds")
+_SDXL_EMBEDDING_NAMES = (*_EMBEDDING_NAMES, "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+
+
+def _encode(
+    pipe: Any, loaded: LoadedModel, items: list[_Item], cfg: bool, one_by_one: bool
+) -> dict[str, Any]:
+    """Prompt embeddings per image; each distinct prompt is encoded once.
+
+    With `one_by_one` (batch-invariant mode) every prompt is encoded on its own, so batching cannot
+    change its embedding in the last bits. Otherwise the distinct prompts go through the text
+    encoders together, one call for those with a negative prompt and one for those without: a GPU
+    spends as long on one prompt as on sixteen.
+    """
     import torch
 
     device = loaded.device
-    cache: dict[tuple[str, str], tuple[Any, ...]] = {}
-    rows: list[tuple[Any, ...]] = []
+    names = _SDXL_EMBEDDING_NAMES if loaded.manifest.is_sdxl else _EMBEDDING_NAMES
+    keys = list(dict.fromkeys((item.prompt, item.negative_prompt) for item in items))
+    if one_by_one:
+        calls = [[key] for key in keys]
+    else:
+        calls = [group for group in ([k for k in keys if k[1]], [k for k in keys if not k[1]]) if group]
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
     with torch.no_grad():
-        for item in items:
-            key = (item.prompt, item.negative_prompt)
-            if key not in cache:
-                # An empty negative prompt is None, so SDXL uses zeros for it as it does by default.
-                cache[key] = tuple(
-                    pipe.encode_prompt(
-                        prompt=item.prompt,
-                        device=device,
-                        num_images_per_prompt=1,
-                        do_classifier_free_guidance=cfg,
-                        negative_prompt=item.negative_prompt or None,
-                    )
-                )
-            rows.append(cache[key])
-    names = (
-        ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-        if loaded.manifest.is_sdxl
-        else ("prompt_embeds", "negative_prompt_embeds")
-    )
+        for call in calls:
+            # An empty negative prompt is None, so SDXL uses zeros for it as it does by default.
+            negatives = [negative for _, negative in call]
+            encoded = pipe.encode_prompt(
+                prompt=[prompt for prompt, _ in call],
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg,
+                negative_prompt=negatives if all(negatives) else None,
+            )
+            for i, key in enumerate(call):
+                rows[key] = tuple(None if part is None else part[i : i + 1] for part in encoded)
     out: dict[str, Any] = {}
     for i, name in enumerate(names):
-        parts = [row[i] for row in rows]
+        parts = [rows[(item.prompt, item.negative_prompt)][i] for item in items]
         out[name] = None if any(part is None for part in parts) else torch.cat(parts, dim=0)
     return out
 
@@ -631,6 +733,7 @@ def _run_batch(
     plan: _Plan,
     items: list[_Item],
     on_step: Callable[[int, int], bool] | None,
+    one_by_one: bool,
 ) -> list[Image.Image]:
     import torch
 
@@ -650,7 +753,7 @@ def _run_batch(
         return kwargs
 
     with tracer.start_as_current_span("inference.encode_prompt", attributes={"easel.images": len(items)}):
-        embeddings = _encode(pipe, loaded, items, cfg)
+        embeddings = _encode(pipe, loaded, items, cfg, one_by_one)
     kwargs: dict[str, Any] = {
         **embeddings,
         "guidance_scale": plan.guidance,

@@ -190,6 +190,8 @@ class LoadedModel:
     nbytes: int
     scheduler_config: Any
     pipes: dict[str, Any] = field(default_factory=dict)
+    # The compiled UNet and the shapes it serves (accel.FastPath), once warmed.
+    fast: Any = None
 
     def pipe(self, task: str) -> Any:
         """The pipeline for `task`, sharing the base pipeline's weights (built once, on first use)."""
@@ -279,6 +281,7 @@ def load_model(
 
 def release(loaded: LoadedModel) -> None:
     loaded.pipes.clear()
+    loaded.fast = None
     loaded.base = None
     if loaded.device.startswith("cuda"):
         import gc

@@ -341,3 +341,44 @@ async def test_job_that_kills_every_worker_fails_instead_of_hanging(
     await asyncio.sleep(2)
     again = await api.GetJob(inference_pb2.GetJobRequest(actor=who, job_id=job.id))
     assert again.status == "failed" and not again.images
+
+
+def compile_log_lines(stack: Stack) -> list[str]:
+    path = stack.log_dir / f"{WORKER}.log" if stack.log_dir else None
+    assert path is not None
+    if not path.exists():
+        return []
+    return [line for line in path.read_text(errors="replace").splitlines() if "compiled tiny-sd" in line]
+
+
+async def test_compiled_worker_serves_jobs_and_restarts_from_its_compile_cache(
+    stack: Stack, api: inference_pb2_grpc.InferenceStub, no_worker: None, tmp_path: Path
+) -> None:
+    """The GPU recipe's compile path, run with inductor on this CPU: compiled and warmed at start,
+    serving jobs, and a restarted worker taking every compiled graph from the cache."""
+    env = {
+        "EASEL_WORKER_COMPILE": "default",
+        # One bucket keeps the cold compile to one graph (about 30 s on a CPU).
+        "EASEL_WORKER_COMPILE_BUCKETS": "2",
+        "EASEL_WORKER_COMPILE_CACHE_DIR": str(tmp_path / "compile-cache"),
+    }
+    before = len(compile_log_lines(stack))
+    who = actor("compiled")
+    for start in ("cold", "warm"):
+        child = spawn_worker(stack, **env)
+        await asyncio.to_thread(stack.wait_ready, WORKER, 200.0)
+        lines = compile_log_lines(stack)
+        assert len(lines) == before + 1, lines
+        before += 1
+        # e.g. "compiled tiny-sd for 64x64 at batch sizes 2 in 31.2s (compile cache: 0 hits, 1 misses)"
+        assert "batch sizes 2 " in lines[-1]
+        if start == "cold":
+            assert "0 hits" in lines[-1] and "0 misses" not in lines[-1], lines[-1]
+        else:
+            assert "0 misses" in lines[-1] and "0 hits" not in lines[-1], lines[-1]
+        # Three images: a batch of two and one padded to two, on the compiled UNet.
+        job = await api.SubmitJob(job_request(who, steps=2, n=3, seed=77))
+        done = await wait_status(api, who, job.id, timeout=60)
+        assert done.status == "completed" and len(done.images) == 3, done
+        child.stop(15.0)
+    assert any((tmp_path / "compile-cache").iterdir())

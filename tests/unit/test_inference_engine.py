@@ -347,11 +347,11 @@ def test_out_of_memory_retries_in_halves_then_fails(engine: Engine, monkeypatch:
     real = engine_module._run_batch
     sizes: list[int] = []
 
-    def flaky(loaded, plan, items, on_step):  # type: ignore[no-untyped-def]
+    def flaky(loaded, plan, items, on_step, one_by_one):  # type: ignore[no-untyped-def]
         sizes.append(len(items))
         if len(items) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(loaded, plan, items, on_step)
+        return real(loaded, plan, items, on_step, one_by_one)
 
     monkeypatch.setattr(engine_module, "_run_batch", flaky)
     [images] = engine.generate("tiny-sd", [req(seeds=[1, 2, 3, 4])])
@@ -359,7 +359,7 @@ def test_out_of_memory_retries_in_halves_then_fails(engine: Engine, monkeypatch:
     [[alone]] = engine.generate("tiny-sd", [req(seeds=[3])])
     assert np.array_equal(pixels(alone), pixels(images[2]))
 
-    def always(loaded, plan, items, on_step):  # type: ignore[no-untyped-def]
+    def always(loaded, plan, items, on_step, one_by_one):  # type: ignore[no-untyped-def]
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(engine_module, "_run_batch", always)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
+import tempfile
+from pathlib import Path
 
 from easel.gallery.v1 import gallery_pb2_grpc
 from services.common.config import SettingsError, load_settings
@@ -43,6 +46,25 @@ def served_models(settings: WorkerSettings) -> dict[str, ModelManifest]:
     return {m: installed[m] for m in wanted}
 
 
+def writable_cache_dir(settings: WorkerSettings) -> Path | None:
+    """The compile cache folder, or None (torch's default under /tmp) where it cannot be written:
+    a read-only model volume costs a slower restart, not the worker."""
+    folder = settings.compile_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        log.warning(
+            "compile cache %s is not writable (%s); compiled kernels go to /tmp and a restart compiles "
+            "again. Set EASEL_WORKER_COMPILE_CACHE_DIR to a writable folder on the model volume.",
+            folder,
+            exc.strerror or type(exc).__name__,
+        )
+        return None
+    return folder
+
+
 async def main() -> None:
     settings = load_settings(WorkerSettings)
     setup_logging("inference-worker", settings.log_level)
@@ -50,7 +72,9 @@ async def main() -> None:
     models = served_models(settings)
 
     # Imported only now: torch is heavy, and a worker without models should say so at once.
+    from services.inference.accel import Accel, parse_buckets, parse_sizes
     from services.inference.engine import Engine
+    from services.inference.pipelines import resolve_device
 
     holder: dict[str, Worker] = {}
 
@@ -72,8 +96,22 @@ async def main() -> None:
     status = StatusServer(settings.metrics_host, settings.metrics_port, ready, refresh)
     await status.start()
     try:
+        accel = Accel.resolve(
+            resolve_device(settings.worker_device),
+            compile=settings.worker_compile,
+            channels_last=settings.worker_channels_last,
+            fuse_qkv=settings.worker_fuse_qkv,
+            buckets=parse_buckets(settings.worker_compile_buckets),
+            sizes=parse_sizes(settings.worker_compile_sizes),
+        )
+        if accel.compiled:
+            accel = dataclasses.replace(accel, cache_dir=writable_cache_dir(settings))
         engine = Engine(
-            models, settings.worker_device, settings.worker_dtype, settings.worker_memory_budget_bytes
+            models,
+            settings.worker_device,
+            settings.worker_dtype,
+            settings.worker_memory_budget_bytes,
+            accel=accel,
         )
         nc = await connect(settings.nats_url, "inference-worker")
         js = nc.jetstream()
@@ -124,6 +162,7 @@ async def main() -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), timeout=10)
         await gallery_channel.close()
+        worker.generation.close()
         log.info("stopped")
     finally:
         await status.stop()

@@ -8,25 +8,26 @@ Delivery rules (see ARCHITECTURE.md, Messaging):
   delay; on the last allowed delivery it becomes a permanent failure.
 - permanent failure (bad input): failed event with code and message, then term.
 - cancelled: a cancelled event, then ack (the job is done, not retried).
+
+Batches overlap: while one batch is on the GPU, the next is fetched and admitted, and the one
+before is delivered. Only the generation itself holds the GPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import io
 import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import nats.errors
@@ -65,6 +66,7 @@ from services.inference.messages import (
 )
 from services.inference.models import ModelManifest
 
+from .generation_thread import GenerationThread
 from .metrics import (
     BATCH_SIZE,
     IMAGES_GENERATED,
@@ -79,7 +81,6 @@ from .settings import WorkerSettings
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("easel.inference.worker")
 
-T = TypeVar("T")
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 # gRPC codes after which the same call may well succeed later.
 RETRYABLE_RPC = frozenset(
@@ -94,6 +95,9 @@ RETRYABLE_RPC = frozenset(
     }
 )
 RECENT_CANCELS = 10_000
+# Fetched batches in hand at once: one on the GPU and one being admitted (its images read) or
+# delivered (PNG, gallery, events) meanwhile, so the GPU does not wait for either.
+BATCHES_IN_HAND = 2
 
 
 class Retry(Exception):
@@ -124,38 +128,6 @@ class Job:
     @property
     def id(self) -> str:
         return self.work.job_id
-
-
-async def run_in_thread(fn: Callable[[], T]) -> T:
-    """`fn()` in a daemon thread: a stopping worker whose grace ran out can exit while it runs.
-
-    The caller's context variables go along (as asyncio.to_thread does), so the engine's spans
-    (model load, denoising, VAE decode) are children of the span current here.
-    """
-    loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def target() -> None:
-        try:
-            result = context.run(fn)
-        except BaseException as exc:  # handed to the awaiting task, which decides
-            outcome: tuple[bool, Any] = (False, exc)
-        else:
-            outcome = (True, result)
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=target, name="easel-generate", daemon=True).start()
-    return await future
 
 
 def fit_size(width: int, height: int, manifest: ModelManifest) -> tuple[int, int]:
@@ -205,7 +177,10 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.ready = False
         self._subs: dict[str, JetStreamContext.PullSubscription] = {}
+        self.generation = GenerationThread()
         self._gpu = asyncio.Lock()
+        self._slots = asyncio.Semaphore(BATCHES_IN_HAND)
+        self._batches: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         # Set when the grace period ran out: the running batch stops at its next step and goes back.
         self._abort = False
@@ -222,7 +197,7 @@ class Worker:
 
     async def preload(self) -> None:
         for name in self.models:
-            seconds = await run_in_thread(functools.partial(self.engine.load, name))
+            seconds = await self.generation.run(functools.partial(self.engine.load, name))
             MODEL_LOAD_TIME.labels(name).observe(seconds)
             log.info("model loaded", extra={"model": name, "seconds": round(seconds, 2)})
 
@@ -267,24 +242,41 @@ class Worker:
         self._abort = True
 
     async def run(self) -> None:
+        """Fetches until stopped, then waits for the batches in hand."""
         # With one model, a long poll; with several, short polls so each gets its turn at the GPU.
         poll_s = 2.0 if len(self._subs) == 1 else 0.5
-        await asyncio.gather(*(self._loop(name, sub, poll_s) for name, sub in self._subs.items()))
+        try:
+            await asyncio.gather(*(self._loop(name, sub, poll_s) for name, sub in self._subs.items()))
+        finally:
+            while self._batches:
+                await asyncio.wait(set(self._batches))
 
     async def _loop(self, model: str, sub: JetStreamContext.PullSubscription, poll_s: float) -> None:
         while not self._stopping.is_set():
-            async with self._gpu:
+            await self._slots.acquire()
+            msgs: list[Msg] = []
+            try:
                 if self._stopping.is_set():
                     return
-                try:
-                    msgs = await sub.fetch(self.settings.worker_batch_max, timeout=poll_s)
-                except TimeoutError:  # nats raises its own or the plain one
-                    continue
-                except NATS_ERRORS as exc:
-                    log.warning("fetching jobs for %s failed: %s", model, type(exc).__name__)
-                    await asyncio.sleep(1.0)
-                    continue
-                await self._process(model, msgs)
+                msgs = await sub.fetch(self.settings.worker_batch_max, timeout=poll_s)
+            except TimeoutError:  # nats raises its own or the plain one
+                continue
+            except NATS_ERRORS as exc:
+                log.warning("fetching jobs for %s failed: %s", model, type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            finally:
+                if not msgs:
+                    self._slots.release()
+            batch = asyncio.create_task(self._process(model, msgs))
+            self._batches.add(batch)
+            batch.add_done_callback(self._batch_done)
+
+    def _batch_done(self, batch: asyncio.Task[None]) -> None:
+        self._batches.discard(batch)
+        self._slots.release()
+        if not batch.cancelled() and batch.exception() is not None:
+            log.error("a batch ended with an error", exc_info=batch.exception())
 
     # --- cancellation ----------------------------------------------------------------------------
 
@@ -455,14 +447,27 @@ class Worker:
     # --- running a group of compatible jobs ------------------------------------------------------
 
     async def _run_group(self, model: str, group: list[Job]) -> None:
+        async with self._gpu:
+            delivered = await self._generate_group(model, group)
+        # Delivered after the GPU is free, so the next batch's denoising overlaps this PNG encoding,
+        # upload and reporting; the batch's _process awaits these before it ends.
+        for job, images in delivered:
+            job.pending.append(asyncio.ensure_future(self._deliver(job, model, images)))
+
+    async def _generate_group(self, model: str, group: list[Job]) -> list[tuple[Job, list[Image.Image]]]:
+        """Runs the group's generation (the GPU is ours); returns the images to deliver."""
         live: list[Job] = []
         for job in group:
             if job.cancelled:
                 await self._report_cancelled(job, model)
+            elif self._stopping.is_set():
+                # Fetched ahead and not started: another worker can start it now.
+                await self._nak(job, 0.0)
+                JOBS_PROCESSED.labels(model, "retried").inc()
             else:
                 live.append(job)
         if not live:
-            return
+            return []
         kind = live[0].work.kind
         for job in live:
             await self._event(job, "running", step=0, steps=job.steps)
@@ -498,7 +503,7 @@ class Worker:
             attributes={"easel.model": model, "easel.kind": kind, "easel.batch_size": len(live)},
         ):
             try:
-                load_s, results = await run_in_thread(generate)
+                load_s, results = await self.generation.run(generate)
             except Cancelled:
                 for job in live:
                     if job.cancelled:
@@ -507,14 +512,14 @@ class Worker:
                         # Stopped for a shutdown: straight back to the queue for another worker.
                         await self._nak(job, 0.0)
                         JOBS_PROCESSED.labels(model, "retried").inc()
-                return
+                return []
             except EaselError as exc:
                 for job in live:
                     if exc.status == grpc.StatusCode.UNAVAILABLE:
                         await self._retry(job, model, Retry(exc.code, exc.message))
                     else:
                         await self._fail(job, model, exc)
-                return
+                return []
             except Exception:
                 log.exception("generation failed", extra={"model": model, "jobs": [j.id for j in live]})
                 for job in live:
@@ -526,14 +531,16 @@ class Worker:
                             "Generation failed on the worker; try again, and report it if it persists.",
                         ),
                     )
-                return
+                return []
         RUN_TIME.labels(model, kind).observe(time.perf_counter() - started - load_s)
         BATCH_SIZE.labels(model).observe(len(live))
+        delivered = []
         for job, images in zip(live, results, strict=True):
             if job.cancelled:
                 await self._report_cancelled(job, model)
             else:
-                await self._deliver(job, model, images)
+                delivered.append((job, images))
+        return delivered
 
     def _progress(self, jobs: list[Job], step: int, steps: int) -> None:
         for job in jobs:

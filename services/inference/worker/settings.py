@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.common.config import DEFAULT_NATS_URL, CommonSettings
+from services.inference.accel import DEFAULT_BUCKETS, parse_buckets, parse_sizes
 
 
 class WorkerSettings(CommonSettings):
@@ -28,6 +30,35 @@ class WorkerSettings(CommonSettings):
     worker_max_deliver: int = Field(default=5, ge=1, le=100)
     # Shortest time between two progress events of one job.
     worker_progress_interval_s: float = Field(default=0.25, ge=0.0)
+
+    # The GPU recipe (see accel.py). auto: reduce-overhead (CUDA graphs), channels-last and fused QKV
+    # on CUDA; eager on a CPU.
+    worker_compile: Literal[
+        "auto", "none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "auto"
+    worker_channels_last: bool | None = None
+    worker_fuse_qkv: bool | None = None
+    # Batch sizes the compiled UNet serves; a batch is padded up to the next one.
+    worker_compile_buckets: str = ",".join(map(str, DEFAULT_BUCKETS))
+    # Sizes compiled besides each model's default, e.g. "768x512,512x768"; others run uncompiled.
+    worker_compile_sizes: str = ""
+    # Inductor's caches; empty: <models_dir>/.compile-cache, so a restarted worker starts warm.
+    worker_compile_cache_dir: Path | None = None
+
+    @field_validator("worker_compile_buckets")
+    @classmethod
+    def _buckets(cls, value: str) -> str:
+        parse_buckets(value)
+        return value
+
+    @field_validator("worker_compile_sizes")
+    @classmethod
+    def _sizes(cls, value: str) -> str:
+        parse_sizes(value)
+        return value
+
+    def compile_cache_dir(self) -> Path:
+        return self.worker_compile_cache_dir or self.models_dir / ".compile-cache"
 
     def served(self) -> list[str]:
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]
