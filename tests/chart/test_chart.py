@@ -242,6 +242,31 @@ def test_gpu_can_be_switched_off_for_cpu_clusters() -> None:
     assert "nvidia.com/gpu" not in worker["resources"]["limits"]
 
 
+def test_worker_compiles_with_its_cache_in_a_writable_folder_of_the_model_volume(
+    default_docs: list[Doc],
+) -> None:
+    spec = one(default_docs, "Deployment", name("inference-worker"))["spec"]["template"]["spec"]
+    worker = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["EASEL_WORKER_COMPILE"] == "auto"
+    assert env["EASEL_WORKER_COMPILE_BUCKETS"] == "1,2,4,8,16"
+    assert env["EASEL_WORKER_BATCH_MAX"] == "16"
+    assert env["EASEL_WORKER_COMPILE_CACHE_DIR"] == "/compile-cache"
+    mount = next(m for m in worker["volumeMounts"] if m["name"] == "compile-cache")
+    assert mount == {"name": "compile-cache", "mountPath": "/compile-cache", "subPath": ".compile-cache"}
+    volume = next(v for v in spec["volumes"] if v["name"] == "compile-cache")
+    assert volume["persistentVolumeClaim"] == {"claimName": "easel-models"}
+
+    docs = render(
+        {"inferenceWorker": {"compile": {"cacheSubPath": "", "mode": "none", "sizes": ["768x512"]}}}
+    )
+    spec = one(docs, "Deployment", name("inference-worker"))["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["EASEL_WORKER_COMPILE"] == "none" and env["EASEL_WORKER_COMPILE_SIZES"] == "768x512"
+    assert env["EASEL_WORKER_COMPILE_CACHE_DIR"] == "/tmp/compile-cache"
+    assert all(v["name"] != "compile-cache" for v in spec["volumes"])
+
+
 def test_inference_api_mounts_the_model_volume_read_only(default_docs: list[Doc]) -> None:
     spec = one(default_docs, "Deployment", name("inference-api"))["spec"]["template"]["spec"]
     volume = next(v for v in spec["volumes"] if v["name"] == "models")
