@@ -174,3 +174,22 @@ def test_compiled_engine_matches_eager_and_a_new_process_compiles_nothing(
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"hits": 1, "misses": 0, "fast": True}
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_channels_last_and_fused_qkv_keep_the_images(models_dir: Path, model: str) -> None:
+    """The two eager parts of the GPU recipe, on both families: same pixels within rounding."""
+    manifests = {model: discover_models(models_dir)[model]}
+    plain = Engine(manifests, device="cpu", batch_invariant=False)
+    fast = Engine(
+        manifests, device="cpu", batch_invariant=False, accel=Accel(channels_last=True, fuse_qkv=True)
+    )
+    req = _request([11, 12])
+    req.width = req.height = manifests[model].min_size
+    want = plain.generate(model, [req])[0]
+    got = fast.generate(model, [req])[0]
+    unet = fast._loaded[model].base.unet
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert any("Fused" in type(p).__name__ for p in unet.attn_processors.values())
+    for a, b in zip(want, got, strict=True):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 2
