@@ -30,7 +30,7 @@ import yarl
 from services.local.stack import Stack
 
 from .client import PASSWORD, User, body_of, create_key, login, png_bytes, register, submit, wait_job
-from .conftest import make_stack, new_database
+from .conftest import SHARED_ADDRESS, make_stack, new_database
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,6 +53,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_di
             "EASEL_AUTH_ADMIN_USERS": ADMIN,
             # Every test client is 127.0.0.1: only the per-account lock is under test here.
             "EASEL_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+            # Likewise the authorization matrix's anonymous requests are many clients' worth from
+            # one address (the request rate limits have their own tests in the gateway's).
+            **SHARED_ADDRESS,
         },
     )
     try:

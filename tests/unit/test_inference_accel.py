@@ -141,6 +141,7 @@ def test_compiled_engine_matches_eager_and_a_new_process_compiles_nothing(
         batch_invariant=False,
         accel=Accel(compile="default", buckets=(2,), cache_dir=cache),
     )
+    graphs_before = dynamo_counters["stats"]["unique_graphs"]  # counted per process
     try:
         compiled.load("tiny-sd")
         fast = compiled._loaded["tiny-sd"].fast
@@ -159,7 +160,7 @@ def test_compiled_engine_matches_eager_and_a_new_process_compiles_nothing(
         off.guidance = 1.0
         assert compiled.generate("tiny-sd", [off])[0][0].size == (64, 64)
         # One compiled graph for the one bucket, none for the second sampler or the uncompiled shape.
-        assert dynamo_counters["stats"]["unique_graphs"] == 1
+        assert dynamo_counters["stats"]["unique_graphs"] - graphs_before == 1
     finally:
         compiled.unload("tiny-sd")
     assert any(cache.iterdir())
