@@ -56,6 +56,8 @@ class Accel:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if not self.buckets or any(b < 1 for b in self.buckets):
             raise ValueError("buckets must be batch sizes of 1 or more")
+        # chunks() walks them in order.
+        object.__setattr__(self, "buckets", tuple(sorted(set(self.buckets))))
 
     @property
     def compiled(self) -> bool:
@@ -92,7 +94,7 @@ class Accel:
             compile=mode,
             channels_last=gpu if channels_last is None else channels_last,
             fuse_qkv=gpu if fuse_qkv is None else fuse_qkv,
-            buckets=tuple(sorted(set(buckets))),
+            buckets=buckets,
             sizes=sizes,
             cache_dir=cache_dir,
         )
@@ -181,6 +183,8 @@ class FastPath:
         self.runner = CompiledUNet(self.compiled, self.eager)
 
     def serves(self, width: int, height: int, guided: bool) -> bool:
+        # Warmed with classifier-free guidance only: guidance 1 or below halves the UNet's batch,
+        # a shape of its own, and such jobs run eager rather than compile on a user's time.
         return guided and (width, height) in self.sizes
 
 

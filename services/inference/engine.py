@@ -31,6 +31,7 @@ from .pngmeta import encode_png, read_png_params
 from .schedulers import resolve_sampler
 
 if TYPE_CHECKING:
+    from .accel import FastPath
     from .pipelines import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -340,6 +341,12 @@ class Engine:
         except (ValueError, OSError, AttributeError):
             total = 16 * 2**30
         return int(total * DEFAULT_BUDGET_SHARE)
+
+    def compiled(self, model: str) -> FastPath | None:
+        """The loaded model's compiled path (sizes, buckets, warm-up time), if it has one."""
+        with self._lock:
+            loaded = self._loaded.get(model)
+            return loaded.fast if loaded is not None else None
 
     def loaded_models(self) -> list[str]:
         """Loaded models, least recently used first."""
