@@ -382,3 +382,47 @@ async def test_compiled_worker_serves_jobs_and_restarts_from_its_compile_cache(
         assert done.status == "completed" and len(done.images) == 3, done
         child.stop(15.0)
     assert any((tmp_path / "compile-cache").iterdir())
+
+
+def runs(stack: Stack) -> float:
+    """Pipeline calls the worker has finished (easel_inference_run_seconds observations)."""
+    text = metrics(stack)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("easel_inference_run_seconds_count")
+    )
+
+
+async def test_next_batch_generates_while_the_last_one_is_still_being_delivered(
+    stack: Stack, api: inference_pb2_grpc.InferenceStub, no_worker: None
+) -> None:
+    """The GPU does not wait for the gallery: with one job per fetch and the gallery frozen, the
+    first job's images cannot be stored, and the second job is generated meanwhile."""
+    spawn_worker(stack, EASEL_WORKER_BATCH_MAX="1")
+    await asyncio.to_thread(stack.wait_ready, WORKER)
+    gallery = stack.children["gallery"]
+    who = actor("overlap")
+    # One job first, so the worker's gallery channel is connected: a call on it then waits for the
+    # frozen gallery (a new connection would fail at once, and the job would just be retried).
+    first = await api.SubmitJob(job_request(who, steps=2, prompt="pier"))
+    assert (await wait_status(api, who, first.id)).status == "completed"
+    gallery.signal(signal.SIGSTOP)
+    try:
+        jobs = [await api.SubmitJob(job_request(who, steps=2, prompt=f"pier {i}")) for i in range(2)]
+        deadline = time.monotonic() + 20
+        while await asyncio.to_thread(runs, stack) < 3:
+            assert time.monotonic() < deadline, "the second job was not generated while the first waited"
+            await asyncio.sleep(0.1)
+        for job in jobs:
+            while True:  # the api follows the events a moment later
+                status = await api.GetJob(inference_pb2.GetJobRequest(actor=who, job_id=job.id))
+                if status.status != "queued" or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert status.status == "running", status  # generated, not yet stored
+    finally:
+        gallery.signal(signal.SIGCONT)
+    for job in jobs:
+        done = await wait_status(api, who, job.id, timeout=90)
+        assert done.status == "completed" and len(done.images) == 1, done

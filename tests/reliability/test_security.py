@@ -53,9 +53,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_di
             "EASEL_AUTH_ADMIN_USERS": ADMIN,
             # Every test client is 127.0.0.1: only the per-account lock is under test here.
             "EASEL_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
-            # Likewise the authorization matrix's anonymous requests are many clients' worth from
-            # one address (the request rate limits have their own tests in the gateway's).
+            # The request rate limits have their own tests (the gateway's); here one owner and one
+            # address make the whole module's requests, many users' worth.
             **SHARED_ADDRESS,
+            "EASEL_RATE_LIMIT_USER_PER_S": "1000",
+            "EASEL_RATE_LIMIT_USER_BURST": "10000",
         },
     )
     try:
