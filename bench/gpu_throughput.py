@@ -79,6 +79,7 @@ VARIANTS: dict[str, str] = {
     "channels-last": "channels-last alone",
     "fused-qkv": "fused QKV projections alone",
     "compiled-no-cudagraphs": "as compiled, in mode max-autotune-no-cudagraphs on CUDA (default on a CPU)",
+    "compiled-vae": "as compiled, with the VAE decoder compiled too (EASEL_WORKER_COMPILE_VAE)",
 }
 # An image counts as the plain pipeline's when no pixel channel (0-255) is further off than this and
 # the mean difference is at most ACCURACY_MEAN_PX. Kernels that sum in another order (fp16,
@@ -524,15 +525,16 @@ def variant_accel(name: str, setup: Setup) -> Accel:
         accel = Accel.resolve(setup.device, buckets=setup.buckets, sizes=setup.sizes)
         # As the worker's __main__: the cache folder only where it compiles.
         return dataclasses.replace(accel, cache_dir=setup.cache_dir) if accel.compiled else accel
-    if name in ("compiled", "compiled-no-cudagraphs"):
-        if name == "compiled":
-            mode = setup.compile_mode
-        else:
+    if name in ("compiled", "compiled-no-cudagraphs", "compiled-vae"):
+        if name == "compiled-no-cudagraphs":
             mode = "max-autotune-no-cudagraphs" if cuda else "default"
+        else:
+            mode = setup.compile_mode
         return Accel(
             compile=mode,
             channels_last=cuda,
             fuse_qkv=cuda,
+            compile_vae=name == "compiled-vae",
             buckets=setup.buckets,
             sizes=setup.sizes,
             cache_dir=setup.cache_dir,

@@ -42,6 +42,8 @@ class Accel:
     compile: str = "none"
     channels_last: bool = False
     fuse_qkv: bool = False
+    # Also compile the VAE decoder (one image at a time, as the engine decodes: one shape per size).
+    compile_vae: bool = False
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     # Sizes compiled besides each model's default size, as (width, height).
     sizes: tuple[tuple[int, int], ...] = ()
@@ -71,6 +73,7 @@ class Accel:
         parts = [f"compile={self.compile}"]
         if self.compiled:
             parts.append("buckets=" + ",".join(map(str, self.buckets)))
+            parts.append(f"compile_vae={self.compile_vae}")
         parts += [f"channels_last={self.channels_last}", f"fuse_qkv={self.fuse_qkv}"]
         return " ".join(parts)
 
@@ -81,6 +84,7 @@ class Accel:
         compile: str = "auto",
         channels_last: bool | None = None,
         fuse_qkv: bool | None = None,
+        compile_vae: bool = False,
         buckets: tuple[int, ...] = DEFAULT_BUCKETS,
         sizes: tuple[tuple[int, int], ...] = (),
         cache_dir: Path | None = None,
@@ -94,6 +98,7 @@ class Accel:
             compile=mode,
             channels_last=gpu if channels_last is None else channels_last,
             fuse_qkv=gpu if fuse_qkv is None else fuse_qkv,
+            compile_vae=compile_vae,
             buckets=buckets,
             sizes=sizes,
             cache_dir=cache_dir,
@@ -174,6 +179,8 @@ class FastPath:
     eager: Any
     compiled: Any
     buckets: tuple[int, ...]
+    # The VAE's compiled decoder, when Accel.compile_vae.
+    decoder: Any = None
     # (width, height) warmed at every bucket, with classifier-free guidance.
     sizes: set[tuple[int, int]] = field(default_factory=set)
     warm_seconds: float = 0.0
@@ -212,7 +219,12 @@ def prepare(pipe: Any, accel: Accel) -> FastPath | None:
     # 1x1 convolutions as matrix multiplies: the faster kernels on GPUs (the diffusers recipe).
     inductor_config.conv_1x1_as_mm = True
     compiled = torch.compile(pipe.unet, mode=accel.compile, fullgraph=True, dynamic=False)
-    return FastPath(eager=pipe.unet, compiled=compiled, buckets=accel.buckets)
+    decoder = None
+    if accel.compile_vae:
+        # The decoder module, not vae.decode: the engine's timing hooks sit on the module's wrapper,
+        # outside the compiled code.
+        decoder = torch.compile(pipe.vae.decoder, mode=accel.compile, fullgraph=True, dynamic=False)
+    return FastPath(eager=pipe.unet, compiled=compiled, buckets=accel.buckets, decoder=decoder)
 
 
 class CompiledUNet:
@@ -240,18 +252,22 @@ class CompiledUNet:
 
 
 @contextlib.contextmanager
-def unet_of(pipe: Any, unet: Any) -> Iterator[None]:
-    """`pipe` runs with `unet` for the duration (the task pipelines share one base UNet)."""
+def installed(pipe: Any, fast: FastPath) -> Iterator[None]:
+    """`pipe` runs on the compiled parts for the duration. The task pipelines share one UNet and
+    one VAE, and other shapes must keep running eager, so they are swapped in per call (the engine
+    runs one call at a time)."""
     before = pipe.unet
-    if unet is before:
-        yield
-        return
+    vae = pipe.vae
+    decoder = vae.decoder
     # Past the pipeline's __setattr__, which would rewrite its config to name the stand-in's class.
-    object.__setattr__(pipe, "unet", unet)
+    object.__setattr__(pipe, "unet", fast.runner)
+    if fast.decoder is not None:
+        vae.decoder = fast.decoder
     try:
         yield
     finally:
         object.__setattr__(pipe, "unet", before)
+        vae.decoder = decoder
 
 
 class WarmTimer:

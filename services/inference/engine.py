@@ -461,7 +461,7 @@ class Engine:
                     mask = Image.new("L", (width, height), 255)
                 for bucket in fast.buckets:
                     items = [_Item("warm-up", "", seed, init, mask) for seed in range(bucket)]
-                    with accel.unet_of(loaded.pipe(task), fast.runner):
+                    with accel.installed(loaded.pipe(task), fast):
                         _run_batch(loaded, plan, items, None, self.batch_invariant)
                 fast.sizes.add((width, height))
         except Exception as exc:
@@ -663,7 +663,7 @@ class Engine:
         assert fast is not None
         images: list[Image.Image] = []
         at = 0
-        with accel.unet_of(loaded.pipe(plan.task), fast.runner):
+        with accel.installed(loaded.pipe(plan.task), fast):
             for real, padded in accel.chunks(len(items), fast.buckets):
                 part = items[at : at + real]
                 at += real

@@ -128,6 +128,9 @@ def _our_sampler(label: str, schedule: str) -> str:
     return name
 
 
+PNG_LEVEL = 1
+
+
 def encode_png(image: Image.Image, params: dict[str, object]) -> bytes:
     """The image as PNG with `params` in an `easel` JSON chunk and an A1111 `parameters` chunk."""
     info = PngImagePlugin.PngInfo()
@@ -137,7 +140,9 @@ def encode_png(image: Image.Image, params: dict[str, object]) -> bytes:
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGB")
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
+    # zlib level 1, not PIL's 6: every job waits for its PNGs, and on a 512x512 picture level 1 took
+    # 23 ms against 38 ms here, for a file about 12 % larger (the pixels are the same: PNG is lossless).
+    image.save(buf, format="PNG", pnginfo=info, compress_level=PNG_LEVEL)
     return buf.getvalue()
 
 

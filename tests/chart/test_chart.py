@@ -252,6 +252,7 @@ def test_worker_compiles_with_its_cache_in_a_writable_folder_of_the_model_volume
     assert env["EASEL_WORKER_COMPILE_BUCKETS"] == "1,2,4,8,16"
     assert env["EASEL_WORKER_BATCH_MAX"] == "16"
     assert env["EASEL_WORKER_COMPILE_CACHE_DIR"] == "/compile-cache"
+    assert env["EASEL_WORKER_COMPILE_VAE"] == "false"
     mount = next(m for m in worker["volumeMounts"] if m["name"] == "compile-cache")
     assert mount == {"name": "compile-cache", "mountPath": "/compile-cache", "subPath": ".compile-cache"}
     volume = next(v for v in spec["volumes"] if v["name"] == "compile-cache")

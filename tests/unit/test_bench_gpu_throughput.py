@@ -10,6 +10,7 @@ guided SD 1.5 step at 512x512 that the floor is computed from.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import subprocess
@@ -148,6 +149,7 @@ def test_variants_build_the_cuda_recipe(bench: ModuleType, tmp_path: Path) -> No
     assert bench.variant_accel("compiled", setup) == default
     no_graphs = bench.variant_accel("compiled-no-cudagraphs", setup)
     assert no_graphs.compile == "max-autotune-no-cudagraphs" and no_graphs.channels_last
+    assert bench.variant_accel("compiled-vae", setup) == dataclasses.replace(default, compile_vae=True)
     assert bench.variant_accel("eager", setup) == Accel()
     assert bench.variant_accel("channels-last", setup) == Accel(channels_last=True)
     assert bench.variant_accel("fused-qkv", setup) == Accel(fuse_qkv=True)

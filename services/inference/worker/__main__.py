@@ -101,6 +101,7 @@ async def main() -> None:
             compile=settings.worker_compile,
             channels_last=settings.worker_channels_last,
             fuse_qkv=settings.worker_fuse_qkv,
+            compile_vae=settings.worker_compile_vae,
             buckets=parse_buckets(settings.worker_compile_buckets),
             sizes=parse_sizes(settings.worker_compile_sizes),
         )

@@ -38,6 +38,8 @@ class WorkerSettings(CommonSettings):
     ] = "auto"
     worker_channels_last: bool | None = None
     worker_fuse_qkv: bool | None = None
+    # Compile the VAE decoder too (off until the GPU bench shows it pays; see bench/README.md).
+    worker_compile_vae: bool = False
     # Batch sizes the compiled UNet serves; a batch is padded up to the next one.
     worker_compile_buckets: str = ",".join(map(str, DEFAULT_BUCKETS))
     # Sizes compiled besides each model's default, e.g. "768x512,512x768"; others run uncompiled.
