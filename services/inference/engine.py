@@ -613,7 +613,7 @@ class Engine:
         try:
             fast = loaded.fast
             if fast is not None and fast.serves(plan.width, plan.height, plan.guidance > 1):
-                return self._run_compiled(loaded, plan, items, on_step)
+                return self._run_compiled(loaded, fast, plan, items, on_step)
             return _run_batch(loaded, plan, items, on_step, self.batch_invariant)
         except Exception as exc:
             if not p.is_out_of_memory(exc):
@@ -648,6 +648,7 @@ class Engine:
     def _run_compiled(
         self,
         loaded: LoadedModel,
+        fast: FastPath,
         plan: _Plan,
         items: list[_Item],
         on_step: Callable[[int, int], bool] | None,
@@ -659,8 +660,6 @@ class Engine:
         """
         from . import accel
 
-        fast = loaded.fast
-        assert fast is not None
         images: list[Image.Image] = []
         at = 0
         with accel.installed(loaded.pipe(plan.task), fast):
