@@ -34,7 +34,9 @@ the code before a change) beside this one, and every phase alternates between th
 slices, so both see the same background load; the report puts them side by side.
 
 Per-user limits are raised for the run (EASEL_JOBS_IN_FLIGHT_LIMIT and EASEL_JOBS_PER_DAY_LIMIT =
-10,000,000): the submit phase queues thousands of jobs per user on purpose.
+10,000,000): the submit phase queues thousands of jobs per user on purpose. So are the gateway's
+request rate limits (EASEL_RATE_LIMIT_*): eight users at hundreds of requests a second each are a
+capacity test here, not abuse.
 
     .venv/bin/python bench/control_plane.py [--seconds 10] [--concurrency 32] [--users 8]
                                             [--latency-jobs 50] [--ab ../other-checkout]
@@ -593,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     extra_env = {
         "EASEL_JOBS_IN_FLIGHT_LIMIT": LIMIT,
         "EASEL_JOBS_PER_DAY_LIMIT": LIMIT,
+        "EASEL_RATE_LIMIT_USER_PER_S": LIMIT,
+        "EASEL_RATE_LIMIT_USER_BURST": LIMIT,
+        "EASEL_RATE_LIMIT_CLIENT_PER_S": LIMIT,
+        "EASEL_RATE_LIMIT_CLIENT_BURST": LIMIT,
         "EASEL_WORKER_MODELS": MODEL,
     }
     if args.torch_threads:
