@@ -19,7 +19,8 @@ import pytest
 from services.local.stack import Ports, Stack
 
 
-async def _create_database(postgres_url: str, prefix: str) -> str:
+async def new_database(postgres_url: str, prefix: str) -> str:
+    """A new empty database named `<prefix>_<random>` beside the one in `postgres_url`; its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(postgres_url)
     try:
@@ -31,7 +32,7 @@ async def _create_database(postgres_url: str, prefix: str) -> str:
 
 def create_database(postgres_url: str, prefix: str) -> str:
     """A new empty database beside the one in `postgres_url`; returns its URL."""
-    return asyncio.run(_create_database(postgres_url, prefix))
+    return asyncio.run(new_database(postgres_url, prefix))
 
 
 @contextmanager

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import asyncpg
 import pytest
 
 from services.migrate.__main__ import SCHEMAS, migrations_folder, parse_args
+from tests.stacks import new_database
 
 
 def test_every_schema_has_its_migrations_folder() -> None:
@@ -27,13 +27,7 @@ def test_arguments_choose_schemas() -> None:
 
 async def test_migrate_applies_every_schema_and_is_idempotent(postgres_url: str) -> None:
     # A database of its own, so the schemas are created here and nowhere else.
-    db = f"migrate_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{db}"')
-    finally:
-        await admin.close()
-    url = postgres_url.rsplit("/", 1)[0] + f"/{db}"
+    url = await new_database(postgres_url, "migrate")
     env = {**os.environ, "EASEL_DATABASE_URL": url, "EASEL_LOG_LEVEL": "INFO"}
     for _ in range(2):
         done = subprocess.run(

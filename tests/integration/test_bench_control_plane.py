@@ -25,6 +25,7 @@ from services.common.db import connect_pool, migrate
 from services.common.errors import EaselError
 from services.inference.api.store import JobStore, NewJob
 from services.inference.messages import JobParams
+from tests.stacks import new_database
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,13 +36,7 @@ AUTH_MIGRATIONS = ROOT / "services" / "auth" / "migrations"
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def database_url(postgres_url: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
+    return await new_database(postgres_url, "bench")
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

@@ -29,6 +29,7 @@ from services.gallery.app import open_gallery
 from services.gallery.service import GalleryService
 from services.gallery.settings import GallerySettings
 from services.local.infra import free_port
+from tests.stacks import new_database
 
 T = TypeVar("T")
 
@@ -45,15 +46,6 @@ class Gallery:
     store: BlobStore
     pool: asyncpg.Pool
     settings: GallerySettings
-
-
-async def fresh_database(postgres_url: str, name: str) -> str:
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ async def start_gallery(
             "s3_region": "us-east-1",
         }
     settings = GallerySettings(
-        database_url=await fresh_database(postgres_url, name),
+        database_url=await new_database(postgres_url, name),
         grpc_port=0,
         metrics_port=0,
         gallery_max_upload_bytes=512 * 1024,

@@ -7,12 +7,10 @@ since they stop and restart it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest_asyncio
 
 from services.local.stack import Ports, Stack
@@ -31,16 +29,6 @@ SHARED_ADDRESS = {
     "EASEL_RATE_LIMIT_CLIENT_PER_S": "1000",
     "EASEL_RATE_LIMIT_CLIENT_BURST": "10000",
 }
-
-
-async def new_database(postgres_url: str, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
 
 
 def make_stack(

@@ -15,8 +15,9 @@ import pytest
 import pytest_asyncio
 
 from services.local.stack import Stack
+from tests.stacks import new_database
 
-from .conftest import SHARED_ADDRESS, make_stack, new_database, pids
+from .conftest import SHARED_ADDRESS, make_stack, pids
 from .loadgen import LoadConfig, LoadRun, summary_line
 
 pytestmark = pytest.mark.timeout(600)

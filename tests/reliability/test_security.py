@@ -28,9 +28,10 @@ import pytest_asyncio
 import yarl
 
 from services.local.stack import Stack
+from tests.stacks import new_database
 
 from .client import PASSWORD, User, body_of, create_key, login, png_bytes, register, submit, wait_job
-from .conftest import SHARED_ADDRESS, make_stack, new_database
+from .conftest import SHARED_ADDRESS, make_stack
 
 pytestmark = pytest.mark.timeout(300)
 
