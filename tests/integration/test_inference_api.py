@@ -35,29 +35,14 @@ pytestmark = pytest.mark.timeout(240)
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
-@pytest.fixture(scope="session")
-def inference_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled tiny models, built once per session (fetch skips models already there)."""
-    import subprocess
-    import sys
-
-    target = tmp_path_factory.getbasetemp() / "inference-models"
-    subprocess.run(
-        [sys.executable, "-m", "services.inference.fetch", "--models-dir", str(target), "--bundled"],
-        check=True,
-        capture_output=True,
-    )
-    return target
-
-
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, inference_models_dir: Path, postgres_url: str, nats_url: str
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, postgres_url: str, nats_url: str
 ) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("inference-api-stack")
     s = Stack(
         run_dir,
-        inference_models_dir,
+        models_dir,
         ports=Ports.free(),
         database_url=postgres_url,
         nats_url=nats_url,
@@ -264,14 +249,14 @@ async def test_same_seed_gives_same_pixels_and_cache_answers_other_users(
 
 
 async def test_retry_queues_a_job_committed_but_never_published(
-    api: inference_pb2_grpc.InferenceStub, postgres_url: str, inference_models_dir: Path
+    api: inference_pb2_grpc.InferenceStub, postgres_url: str, models_dir: Path
 ) -> None:
     """An api that died between committing a job and publishing it leaves the row queued with no
     message; the client's retry with the same idempotency key must get it generated."""
     who = actor("crashed")
     key = f"key-{uuid.uuid4()}"
     request = txt2img(who, key=key, steps=2, seed=7)
-    catalog = ModelCatalog(inference_models_dir)
+    catalog = ModelCatalog(models_dir)
     norm = normalize(request, await catalog.models(), catalog, 2000)
     pool = await connect_pool(postgres_url, "inference")
     try:

@@ -35,26 +35,14 @@ TERMINAL = {"completed", "failed", "cancelled"}
 WORKER = "inference-worker"
 
 
-@pytest.fixture(scope="session")
-def inference_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled tiny models, built once per session (fetch skips models already there)."""
-    target = tmp_path_factory.getbasetemp() / "inference-models"
-    subprocess.run(
-        [sys.executable, "-m", "services.inference.fetch", "--models-dir", str(target), "--bundled"],
-        check=True,
-        capture_output=True,
-    )
-    return target
-
-
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, inference_models_dir: Path, postgres_url: str, nats_url: str
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, postgres_url: str, nats_url: str
 ) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("inference-worker-stack")
     s = Stack(
         run_dir,
-        inference_models_dir,
+        models_dir,
         ports=Ports.free(),
         database_url=postgres_url,
         nats_url=nats_url,
@@ -181,10 +169,10 @@ def test_worker_without_models_exits_with_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_worker_serving_an_unknown_model_names_the_installed_ones(inference_models_dir: Path) -> None:
+def test_worker_serving_an_unknown_model_names_the_installed_ones(models_dir: Path) -> None:
     env = {
         **os.environ,
-        "EASEL_MODELS_DIR": str(inference_models_dir),
+        "EASEL_MODELS_DIR": str(models_dir),
         "EASEL_WORKER_MODELS": "tiny-sd,nope",
         "EASEL_NATS_URL": "nats://127.0.0.1:1",
         "EASEL_METRICS_PORT": "0",
