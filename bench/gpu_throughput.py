@@ -394,10 +394,10 @@ def _request(plan: Plan, guidance: float, i: int) -> GenerationRequest:
     )
 
 
-def _encode_pngs(model: str, req: GenerationRequest, images: list[Any]) -> list[bytes]:
+def _encode_pngs(model: str, req: GenerationRequest, images: list[Any]) -> list[Any]:
     """What the worker's `_deliver` does with a job's images before uploading them."""
-    from services.inference.engine import encode_png
-    from services.inference.messages import JobParams, image_params
+    from services.inference.messages import JobParams
+    from services.inference.worker.runner import new_images
 
     params = JobParams(
         prompt=req.prompt,
@@ -408,10 +408,7 @@ def _encode_pngs(model: str, req: GenerationRequest, images: list[Any]) -> list[
         sampler=req.sampler,
         seed=req.seeds[0],
     )
-    return [
-        encode_png(img, image_params(model, "txt2img", params, index, img.width, img.height))
-        for index, img in enumerate(images)
-    ]
+    return new_images(model, "txt2img", params, images)
 
 
 # --- the measurements ----------------------------------------------------------------------------

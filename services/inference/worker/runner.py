@@ -59,6 +59,7 @@ from services.inference.messages import (
     EDIT_KINDS,
     ImageRefMessage,
     JobEventMessage,
+    JobParams,
     MessageError,
     WorkMessage,
     completed_msg_id,
@@ -143,6 +144,17 @@ def fit_size(width: int, height: int, manifest: ModelManifest) -> tuple[int, int
         min(max(w, manifest.min_size), manifest.max_size),
         min(max(h, manifest.min_size), manifest.max_size),
     )
+
+
+def new_images(
+    model: str, kind: str, params: JobParams, images: list[Image.Image]
+) -> list[gallery_pb2.NewImage]:
+    """A job's images as the gallery stores them: PNGs recording how each was made (CPU-bound)."""
+    out = []
+    for index, img in enumerate(images):
+        made = image_params(model, kind, params, index, img.width, img.height)
+        out.append(gallery_pb2.NewImage(index=index, png=encode_png(img, made), params_json=json.dumps(made)))
+    return out
 
 
 def decode_image(data: bytes, code: str, what: str) -> Image.Image:
@@ -557,23 +569,14 @@ class Worker:
     async def _deliver(self, job: Job, model: str, images: list[Image.Image]) -> None:
         work = job.work
         with trace.use_span(job.span, end_on_exit=False):
-            params = [
-                image_params(model, work.kind, work.params, i, img.width, img.height)
-                for i, img in enumerate(images)
-            ]
-            pngs = await asyncio.to_thread(
-                lambda: [encode_png(img, p) for img, p in zip(images, params, strict=True)]
-            )
+            stored = await asyncio.to_thread(new_images, model, work.kind, work.params, images)
             try:
                 resp = await self.gallery.AddImages(
                     gallery_pb2.AddImagesRequest(
                         job_id=job.id,
                         owner_id=work.owner_id,
                         owner_username=work.owner_username,
-                        images=[
-                            gallery_pb2.NewImage(index=i, png=png, params_json=json.dumps(p))
-                            for i, (png, p) in enumerate(zip(pngs, params, strict=True))
-                        ],
+                        images=stored,
                     ),
                     timeout=self.settings.rpc_timeout_s * 3,
                 )
