@@ -29,6 +29,14 @@ SHARED_ADDRESS = {
     "EASEL_RATE_LIMIT_CLIENT_PER_S": "1000",
     "EASEL_RATE_LIMIT_CLIENT_BURST": "10000",
 }
+# For suites whose one user and one address make many users' worth of requests on purpose; the
+# request rate limits have their own tests (the gateway's).
+NO_REQUEST_RATE_LIMITS = {
+    "EASEL_RATE_LIMIT_USER_PER_S": "100000",
+    "EASEL_RATE_LIMIT_USER_BURST": "100000",
+    "EASEL_RATE_LIMIT_CLIENT_PER_S": "100000",
+    "EASEL_RATE_LIMIT_CLIENT_BURST": "100000",
+}
 
 
 def make_stack(

@@ -41,7 +41,7 @@ from .client import (
     wait_job,
     wait_ready,
 )
-from .conftest import make_stack
+from .conftest import NO_REQUEST_RATE_LIMITS, make_stack
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,12 +63,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterato
             "EASEL_WORKER_ACK_WAIT_S": "3",
             "EASEL_SHUTDOWN_GRACE_S": "20",
             "EASEL_RESULT_CACHE": "false",
-            # The SIGTERM tests keep a steady stream of calls going from one user on purpose; the
-            # gateway's request rate limits are not what they are about.
-            "EASEL_RATE_LIMIT_USER_PER_S": "100000",
-            "EASEL_RATE_LIMIT_USER_BURST": "100000",
-            "EASEL_RATE_LIMIT_CLIENT_PER_S": "100000",
-            "EASEL_RATE_LIMIT_CLIENT_BURST": "100000",
+            # The SIGTERM tests keep a steady stream of calls going from one user on purpose.
+            **NO_REQUEST_RATE_LIMITS,
         },
     )
     try:

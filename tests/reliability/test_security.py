@@ -31,7 +31,7 @@ from services.local.stack import Stack
 from tests.stacks import new_database
 
 from .client import PASSWORD, User, body_of, create_key, login, png_bytes, register, submit, wait_job
-from .conftest import SHARED_ADDRESS, make_stack
+from .conftest import NO_REQUEST_RATE_LIMITS, make_stack
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,11 +54,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_di
             "EASEL_AUTH_ADMIN_USERS": ADMIN,
             # Every test client is 127.0.0.1: only the per-account lock is under test here.
             "EASEL_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
-            # The request rate limits have their own tests (the gateway's); here one owner and one
-            # address make the whole module's requests, many users' worth.
-            **SHARED_ADDRESS,
-            "EASEL_RATE_LIMIT_USER_PER_S": "1000",
-            "EASEL_RATE_LIMIT_USER_BURST": "10000",
+            # One owner and one address make the whole module's requests.
+            **NO_REQUEST_RATE_LIMITS,
         },
     )
     try:
