@@ -18,18 +18,27 @@ help:
 	@echo "make models  build the bundled test models into ./models (MODELS=org/name fetches hub models)"
 
 # The virtual environment is rebuilt when the dependency list changes. torch is installed first and
-# pinned: a looser requirement would pull the CUDA build and gigabytes of packages.
-$(VENV)/.installed: pyproject.toml
+# pinned: a looser requirement would pull the CUDA build and gigabytes of packages. `make run` installs
+# only what running needs (.installed-run); `make test`, `lint` and the chart checks add the test tools
+# (.installed). PYTHONWARNINGS hides setuptools' notice about the transitional compat editable mode,
+# which this project uses on purpose (a plain path entry: the generated ./easel is found without a
+# reinstall).
+PIP_INSTALL := PYTHONWARNINGS=ignore $(PIP) install -q --disable-pip-version-check
+$(VENV)/.installed-run: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[local,dev]' --config-settings editable_mode=compat
+	$(PIP_INSTALL) --upgrade pip setuptools wheel
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[local,proto]' --config-settings editable_mode=compat
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
+	$(PIP_INSTALL) -e '.[local,proto,dev]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: $(VENV)/.installed
 
 # Stubs are generated, never committed: easel/ is ignored by git.
-easel/.generated: $(VENV)/.installed $(PROTOS)
+easel/.generated: $(VENV)/.installed-run $(PROTOS)
 	rm -rf .easel.tmp && mkdir .easel.tmp
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -I proto --python_out=.easel.tmp \
 		--grpc_python_out=.easel.tmp --mypy_out=.easel.tmp --mypy_grpc_out=.easel.tmp $(PROTOS)
@@ -64,25 +73,25 @@ browser:
 			echo "make test needs chromium for the browser tests: sudo apt-get install chromium"; exit 1; \
 		fi; }
 
-test: setup browser
+test: setup venv browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Checks too slow for `make test` (long soak and load runs); CI runs them too.
-test-slow: setup browser
+test-slow: setup venv browser
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || test $$? -eq 5  # 5: no slow test selected
 
-bench: setup
+bench: setup venv
 	$(PY) bench/auth_throughput.py
 	@if [ -f bench/control_plane.py ]; then $(PY) bench/control_plane.py; fi
 	@if [ -f bench/gpu_throughput.py ]; then $(PY) bench/gpu_throughput.py; fi
 
-lint: easel/.generated
+lint: easel/.generated venv
 	$(VENV)/bin/ruff check services tests bench
 	$(VENV)/bin/ruff format --check services tests bench
 	$(VENV)/bin/mypy services
 	$(VENV)/bin/bandit -q -c pyproject.toml -r services
 
-typecheck: easel/.generated
+typecheck: easel/.generated venv
 	$(VENV)/bin/mypy services
 
 clean:
