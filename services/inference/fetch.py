@@ -20,7 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.common.errors import EaselError
+
 from .models import (
+    FAMILY_DEFAULTS,
     KINDS,
     MANIFEST_FILE,
     NAME_RE,
@@ -46,15 +49,10 @@ _WEIGHT_EXTS = (".safetensors", ".bin")
 _PRECISION_RE = re.compile(r"\.(fp16|bf16|fp32)[.-]")
 _UNWANTED = ("non_ema", "ema_only", "ema-only", ".ckpt", ".onnx", ".msgpack", ".h5", ".pt")
 
-# Defaults per family: size, steps, guidance, sampler, min and max size, max steps.
-_DEFAULTS: dict[str, tuple[int, int, float, str, int, int, int]] = {
-    "sd1": (512, 30, 7.5, "dpmpp_2m_karras", 256, 1024, 150),
-    "sd2": (512, 30, 7.5, "dpmpp_2m_karras", 256, 1024, 150),
-    "sdxl": (1024, 30, 5.0, "dpmpp_2m_karras", 512, 2048, 150),
-    # Distilled for 1-4 steps without classifier-free guidance; both were trained at 512.
-    "sd-turbo": (512, 1, 0.0, "euler_a", 256, 1024, 10),
-    "sdxl-turbo": (512, 1, 0.0, "euler_a", 256, 1024, 10),
-}
+
+def is_local_file(arg: str) -> bool:
+    """A checkpoint file to import rather than a hub id: a path that exists or names a weights file."""
+    return Path(arg).is_file() or arg.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
 
 
 class FetchError(Exception):
@@ -145,7 +143,7 @@ def guess_manifest(folder: Path, source: str, name: str) -> ModelManifest:
         family = "sdxl-turbo" if family == "sdxl" else "sd-turbo"
     unet = _read_json(folder / "unet" / "config.json")
     inpainting = "Inpaint" in cls or int(unet.get("in_channels", 4)) == 9
-    size, steps, guidance, sampler, min_size, max_size, max_steps = _DEFAULTS[family]
+    size, steps, guidance, sampler, min_size, max_size, max_steps = FAMILY_DEFAULTS[family]
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
     if family == "sd2" and scheduler.get("prediction_type") == "v_prediction":
         size = 768  # the v-prediction SD 2.x checkpoints are the 768 ones; "-base" is 512 epsilon
@@ -277,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.inference.fetch", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("repos", nargs="*", help="hub model ids (org/name) to fetch")
+    parser.add_argument(
+        "repos",
+        nargs="*",
+        help="hub model ids (org/name) to fetch, or .safetensors checkpoint files to import",
+    )
     parser.add_argument(
         "--models-dir", type=Path, default=None, help="default: $EASEL_MODELS_DIR or ./models"
     )
@@ -304,10 +306,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bundled models in {models_dir}: {', '.join(built) + ' built' if built else 'present'}")
         variant = None if args.variant.lower() in ("none", "fp32", "") else args.variant
         for repo in args.repos:
+            if is_local_file(repo):
+                from .singlefile import import_checkpoint, short_hash
+
+                manifest = import_checkpoint(Path(repo), models_dir, name=args.name)
+                digest = short_hash(manifest.sha256 or "")
+                print(f"{repo} -> {manifest.path} ({manifest.family}, hash {digest})")
+                continue
             folder = fetch_model(repo, models_dir, variant=variant, name=args.name, force=args.force)
             print(f"{repo} -> {folder}")
     except FetchError as exc:
         print(f"easel: {exc}", file=sys.stderr)
+        return 1
+    except EaselError as exc:
+        print(f"easel: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
     return 0
 

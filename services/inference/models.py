@@ -24,6 +24,17 @@ FAMILIES = ("sd1", "sd2", "sdxl", "sd-turbo", "sdxl-turbo")
 # Names become NATS subject tokens, so no dots, wildcards or spaces.
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 DEFAULT_MODELS_DIR = Path("./models")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# Defaults per family: size, steps, guidance, sampler, min and max size, max steps.
+FAMILY_DEFAULTS: dict[str, tuple[int, int, float, str, int, int, int]] = {
+    "sd1": (512, 30, 7.5, "dpmpp_2m_karras", 256, 1024, 150),
+    "sd2": (512, 30, 7.5, "dpmpp_2m_karras", 256, 1024, 150),
+    "sdxl": (1024, 30, 5.0, "dpmpp_2m_karras", 512, 2048, 150),
+    # Distilled for 1-4 steps without classifier-free guidance; both were trained at 512.
+    "sd-turbo": (512, 1, 0.0, "euler_a", 256, 1024, 10),
+    "sdxl-turbo": (512, 1, 0.0, "euler_a", 256, 1024, 10),
+}
 
 
 class ModelsDirError(Exception):
@@ -50,6 +61,11 @@ class ModelManifest:
     inpainting: bool
     path: Path
     source: str
+    # A single-file checkpoint (services.inference.singlefile): the file inside the folder, its sha256
+    # and which config it was matched to. None for a diffusers folder.
+    checkpoint: str | None = None
+    sha256: str | None = None
+    config: str | None = None
 
     @property
     def is_sdxl(self) -> bool:
@@ -64,6 +80,9 @@ class ModelManifest:
         data = asdict(self)
         data.pop("path")
         data["kinds"] = list(self.kinds)
+        for key in ("checkpoint", "sha256", "config"):
+            if data[key] is None:
+                data.pop(key)
         return data
 
 
@@ -119,6 +138,17 @@ def parse_manifest(data: object, path: Path) -> ModelManifest:
     source = data.get("source", "bundled")
     if not isinstance(source, str) or not source:
         raise ManifestError(f"source must be a non-empty string, got {source!r}")
+    checkpoint = data.get("checkpoint")
+    if checkpoint is not None and (
+        not isinstance(checkpoint, str) or "/" in checkpoint or not checkpoint.endswith(".safetensors")
+    ):
+        raise ManifestError(f"checkpoint must be a .safetensors file name in the folder, got {checkpoint!r}")
+    sha256 = data.get("sha256")
+    if sha256 is not None and (not isinstance(sha256, str) or not SHA256_RE.match(sha256)):
+        raise ManifestError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    config = data.get("config")
+    if config is not None and not isinstance(config, str):
+        raise ManifestError(f"config must be a string, got {config!r}")
     return ModelManifest(
         name=name,
         family=family,
@@ -134,6 +164,9 @@ def parse_manifest(data: object, path: Path) -> ModelManifest:
         inpainting=inpainting,
         path=path,
         source=source,
+        checkpoint=checkpoint,
+        sha256=sha256,
+        config=config,
     )
 
 

@@ -111,6 +111,10 @@ def module_bytes(pipe: Any) -> int:
 def estimate_bytes(manifest: ModelManifest, dtype: torch.dtype) -> int:
     """A guess, before loading, of the bytes a model will take in `dtype`, from its weight files."""
     target = torch.empty((), dtype=dtype).element_size()
+    if manifest.checkpoint:
+        from .singlefile import weights_bytes
+
+        return weights_bytes(manifest.path / manifest.checkpoint, target)
     total = 0.0
     for sub in sorted(p for p in manifest.path.iterdir() if p.is_dir()):
         files = [p for p in sub.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)]
@@ -162,11 +166,17 @@ def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype) -> A
         }
     )
     failures: list[str] = []
-    for attempt in load_attempts(dtype):
+    for attempt in [{}] if manifest.checkpoint else load_attempts(dtype):
         try:
-            pipe = cls.from_pretrained(
-                str(manifest.path), local_files_only=True, **{_DTYPE_KWARG: dtype}, **attempt, **extra
-            )
+            if manifest.checkpoint:
+                # An imported single-file checkpoint, loaded against the configs beside it, offline.
+                from .singlefile import load_pipeline as load_single_file
+
+                pipe = load_single_file(manifest, cls, torch_dtype=dtype, **extra)
+            else:
+                pipe = cls.from_pretrained(
+                    str(manifest.path), local_files_only=True, **{_DTYPE_KWARG: dtype}, **attempt, **extra
+                )
         except Exception as exc:  # diffusers raises many types for missing or broken files
             if is_out_of_memory(exc):
                 raise
