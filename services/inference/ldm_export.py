@@ -145,18 +145,79 @@ def vae_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _weights(sub: Path, stem: str) -> dict[str, Any]:
+    """A component's weights, full precision or the `fp16`/`bf16` variant, whichever was saved."""
+    files = sorted(sub.glob(f"{stem}*.safetensors"))
+    if len(files) != 1:
+        raise ValueError(
+            f"{sub} must hold exactly one {stem}*.safetensors file (sharded weights do not export)"
+        )
+    return load_file(files[0])
+
+
+_OPEN_CLIP = (
+    ("text_model.encoder.layers.", "transformer.resblocks."),
+    (".layer_norm1.", ".ln_1."),
+    (".layer_norm2.", ".ln_2."),
+    (".mlp.fc1.", ".mlp.c_fc."),
+    (".mlp.fc2.", ".mlp.c_proj."),
+    (".self_attn.out_proj.", ".attn.out_proj."),
+)
+
+
+def open_clip_to_ldm(state: dict[str, Any]) -> dict[str, Any]:
+    """A CLIPTextModelWithProjection's weights in OpenCLIP's layout (SDXL's second text encoder)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    qkv: dict[str, dict[str, dict[str, Any]]] = {}
+    fixed = {
+        "text_model.embeddings.position_embedding.weight": "positional_embedding",
+        "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+        "text_model.final_layer_norm.weight": "ln_final.weight",
+        "text_model.final_layer_norm.bias": "ln_final.bias",
+    }
+    for key, tensor in state.items():
+        if key in fixed:
+            out[fixed[key]] = tensor
+        elif key == "text_projection.weight":
+            out["text_projection"] = tensor.T.contiguous()
+        elif ".self_attn." in key and key.split(".")[-2] in ("q_proj", "k_proj", "v_proj"):
+            # text_model.encoder.layers.N.self_attn.q_proj.weight → one in_proj per layer, q k v stacked
+            head, projection, kind = key.rsplit(".", 2)
+            layer = head.removesuffix(".self_attn")
+            qkv.setdefault(layer, {}).setdefault(kind, {})[projection[0]] = tensor
+        else:
+            new = key
+            for diffusers_part, ldm_part in _OPEN_CLIP:
+                new = new.replace(diffusers_part, ldm_part)
+            out[new] = tensor
+    for layer, kinds in qkv.items():
+        ldm_layer = layer.replace("text_model.encoder.layers.", "transformer.resblocks.")
+        for kind, parts in kinds.items():
+            out[f"{ldm_layer}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _clip_l(state: dict[str, Any]) -> dict[str, Any]:
+    # transformers 5 saves CLIPTextModel without its `text_model.` level; the LDM layout has it.
+    return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+
+
 def export_sd_checkpoint(folder: Path, target: Path) -> Path:
-    """Writes the SD 1.x/2.x diffusers model in `folder` as one LDM-layout safetensors file."""
+    """Writes the SD 1.x/2.x or SDXL diffusers model in `folder` as one LDM-layout safetensors file."""
     unet_config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
     vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
-    if unet_config.get("addition_embed_type"):
-        raise ValueError("only SD 1.x/2.x folders export to a single file here (this one is SDXL-like)")
+    sdxl = unet_config.get("addition_embed_type") == "text_time"
     state: dict[str, Any] = {}
-    state.update(unet_to_ldm(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), unet_config))
-    state.update(vae_to_ldm(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"), vae_config))
-    for key, tensor in load_file(folder / "text_encoder" / "model.safetensors").items():
-        # transformers 5 saves CLIPTextModel without its `text_model.` level; the LDM layout has it.
-        inner = key if key.startswith("text_model.") else "text_model." + key
-        state["cond_stage_model.transformer." + inner] = tensor
+    state.update(unet_to_ldm(_weights(folder / "unet", "diffusion_pytorch_model"), unet_config))
+    state.update(vae_to_ldm(_weights(folder / "vae", "diffusion_pytorch_model"), vae_config))
+    clip_l = _clip_l(_weights(folder / "text_encoder", "model"))
+    if sdxl:
+        state.update({"conditioner.embedders.0.transformer." + k: v for k, v in clip_l.items()})
+        big_g = open_clip_to_ldm(_weights(folder / "text_encoder_2", "model"))
+        state.update({"conditioner.embedders.1.model." + k: v for k, v in big_g.items()})
+    else:
+        state.update({"cond_stage_model.transformer." + k: v for k, v in clip_l.items()})
     save_file({k: v.contiguous() for k, v in state.items()}, str(target), metadata={"format": "pt"})
     return target

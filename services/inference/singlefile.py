@@ -165,17 +165,7 @@ def detect(tensors: dict[str, TensorInfo]) -> Detected:
             "The file's tensors match no model family Easel knows (no diffusion model weights in it); "
             f"Easel imports {_SUPPORTED} checkpoints. LoRAs, VAEs and embeddings go in their own folders.",
         )
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
-
-    try:
-        model_type = str(infer_diffusers_model_type(tensors))  # type: ignore[no-untyped-call]
-    except (KeyError, IndexError, AttributeError, TypeError):
-        # The detector reads shapes of keys it expects beside the ones it found: a partial file.
-        raise refuse(
-            "checkpoint_unknown_family",
-            "The file's tensors look like part of a model but not a whole one Easel knows; "
-            f"Easel imports {_SUPPORTED} checkpoints.",
-        ) from None
+    model_type = _model_type(tensors)
     family = _FAMILY_OF.get(model_type)
     if family is None:
         what = _NAMED.get(model_type, f"a {model_type} model")
@@ -192,6 +182,27 @@ def detect(tensors: dict[str, TensorInfo]) -> Detected:
         )
     in_channels = tensors[f"{UNET}input_blocks.0.0.weight"].shape[1]
     return Detected(family=family, model_type=model_type, inpainting=in_channels == 9)
+
+
+def _model_type(tensors: dict[str, TensorInfo]) -> str:
+    """diffusers' name for the architecture (its own detector), SDXL base recognised first."""
+    if any(k.startswith("conditioner.embedders.1.model.") for k in tensors) and any(
+        k.startswith(SDXL_CLIP_L) for k in tensors
+    ):
+        # CLIP ViT-L beside OpenCLIP's layout is SDXL base. diffusers' detector asks for a tenth layer
+        # of the second encoder, which a small SDXL-architecture model (the bundled one) lacks.
+        return "xl_base"
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    try:
+        return str(infer_diffusers_model_type(tensors))  # type: ignore[no-untyped-call]
+    except (KeyError, IndexError, AttributeError, TypeError):
+        # The detector reads shapes of keys it expects beside the ones it found: a partial file.
+        raise refuse(
+            "checkpoint_unknown_family",
+            "The file's tensors look like part of a model but not a whole one Easel knows; "
+            f"Easel imports {_SUPPORTED} checkpoints.",
+        ) from None
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -310,7 +321,7 @@ def _copy_hashing(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
-def place_checkpoint(source: Path, target: Path, move: bool) -> str:
+def place_checkpoint(source: Path, target: Path, move: bool, link: bool = True) -> str:
     """Puts the file at `target` (rename, hard link, else copy) and returns its sha256."""
     if move:
         try:
@@ -319,7 +330,7 @@ def place_checkpoint(source: Path, target: Path, move: bool) -> str:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-    else:
+    elif link:
         try:
             os.link(source, target)
             return sha256_of(target)
@@ -342,9 +353,11 @@ def import_checkpoint(
     name: str | None = None,
     move: bool = False,
     origin: str | None = None,
+    link: bool = True,
 ) -> ModelManifest:
     """Imports one `.safetensors` checkpoint as a model named `name` (default: from the file name).
 
+    The file is moved (`move`), else hard-linked where the volume allows (`link`), else copied.
     Raises EaselError (stable code, a sentence) for anything wrong with the file or the name; on any
     failure nothing is left in `models_dir` and the installed models are untouched.
     """
@@ -372,7 +385,7 @@ def import_checkpoint(
         staging.mkdir(parents=True)
         copy_configs(config_dir, staging, detected.inpainting)
         file_name = f"{model_name}.safetensors"
-        digest = place_checkpoint(source, staging / file_name, move)
+        digest = place_checkpoint(source, staging / file_name, move, link)
         size, steps, guidance, sampler, min_size, max_size, max_steps = FAMILY_DEFAULTS[detected.family]
         if label.startswith("model:"):
             base = discover_models(models_dir)[label.split(":", 1)[1]]
@@ -459,14 +472,39 @@ def load_pipeline(manifest: ModelManifest, pipeline_class: Any, **kwargs: Any) -
     """The diffusers pipeline of an imported checkpoint, offline, against the folder's own configs."""
     if not manifest.checkpoint:
         raise ValueError(f"{manifest.name} is a diffusers folder, not a single-file checkpoint")
+    file = manifest.path / manifest.checkpoint
+    if manifest.family in ("sdxl", "sdxl-turbo") and "text_encoder_2" not in kwargs:
+        kwargs["text_encoder_2"] = _open_clip_encoder(
+            file, manifest.path / "text_encoder_2", kwargs.get("torch_dtype")
+        )
     pipe = pipeline_class.from_single_file(
-        str(manifest.path / manifest.checkpoint),
-        config=str(manifest.path),
-        local_files_only=True,
-        **kwargs,
+        str(file), config=str(manifest.path), local_files_only=True, **kwargs
     )
     own_weights(pipe)
     return pipe
+
+
+def _open_clip_encoder(file: Path, config_dir: Path, dtype: Any) -> Any:
+    """SDXL's second text encoder, converted from OpenCLIP's layout by diffusers' own converter.
+
+    diffusers' loader picks the converter by comparing widths, and takes CLIP ViT-L's when both
+    encoders are equally wide (as in a small SDXL-architecture model); naming the layout avoids that.
+    """
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from safetensors import safe_open
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    prefix = "conditioner.embedders.1.model."
+    with safe_open(str(file), framework="pt") as fh:
+        state = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}
+    model = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(config_dir)))
+    converted = convert_open_clip_checkpoint(model, state, prefix=prefix)  # type: ignore[no-untyped-call]
+    model.load_state_dict(converted, strict=True)
+    if dtype is not None:
+        model.to(dtype)
+    model.requires_grad_(False)
+    model.train(False)
+    return model
 
 
 def own_weights(pipe: Any) -> None:

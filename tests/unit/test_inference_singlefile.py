@@ -83,23 +83,28 @@ def test_the_export_uses_the_single_file_layout(exported: Path) -> None:
     assert not any(k.startswith(("unet.", "vae.", "down_blocks.")) for k in keys)
 
 
-def test_an_imported_file_gives_the_pixels_of_its_diffusers_folder(volume: Path, exported: Path) -> None:
+@pytest.mark.parametrize(("base", "family"), [("tiny-sd", "sd1"), ("tiny-sdxl", "sdxl")])
+def test_an_imported_file_gives_the_pixels_of_its_diffusers_folder(
+    volume: Path, tmp_path: Path, base: str, family: str
+) -> None:
+    exported = export_sd_checkpoint(volume / base, tmp_path / f"{base} Export v1.safetensors")
+    name = f"{base}-export-v1"
     before = names(volume)
     manifest = import_checkpoint(exported, volume)
-    assert manifest.name == "tiny-sd-v1"
-    assert manifest.family == "sd1" and manifest.checkpoint == "tiny-sd-v1.safetensors"
+    assert manifest.name == name
+    assert manifest.family == family and manifest.checkpoint == f"{name}.safetensors"
     assert manifest.sha256 == sha256_of(exported) and short_hash(manifest.sha256) == manifest.sha256[:10]
-    assert manifest.config == "model:tiny-sd"  # matched by shape to the installed tiny model's configs
-    assert names(volume) == sorted([*before, "tiny-sd-v1"])
+    assert manifest.config == f"model:{base}"  # matched by shape to the installed tiny model's configs
+    assert names(volume) == sorted([*before, name])
     # The weights are not converted on disk: the folder holds configs and the file itself.
-    weights = [p for p in (volume / "tiny-sd-v1").rglob("*.safetensors")]
-    assert [p.name for p in weights] == ["tiny-sd-v1.safetensors"]
+    weights = [p for p in (volume / name).rglob("*.safetensors")]
+    assert [p.name for p in weights] == [f"{name}.safetensors"]
 
     installed = discover_models(volume)
-    assert installed["tiny-sd-v1"].sha256 == manifest.sha256
+    assert installed[name].sha256 == manifest.sha256
     engine = Engine(installed, device="cpu")
-    [from_folder] = engine.generate("tiny-sd", [txt2img(5)])
-    [from_file] = engine.generate("tiny-sd-v1", [txt2img(5)])
+    [from_folder] = engine.generate(base, [txt2img(5)])
+    [from_file] = engine.generate(name, [txt2img(5)])
     for a, b in zip(from_folder, from_file, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert np.asarray(from_file[0]).std() > 1  # a picture, not a blank
