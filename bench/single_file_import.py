@@ -29,11 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _models  # noqa: E402
-from _common import machine, now_utc, versions  # noqa: E402
-from services.inference.ldm_export import export_sd_checkpoint  # noqa: E402
-from services.inference.singlefile import import_checkpoint  # noqa: E402
-from services.inference.testmodel import ensure_bundled  # noqa: E402
+import _models
+from _common import machine, now_utc, versions
+
+from services.inference.ldm_export import export_sd_checkpoint
+from services.inference.singlefile import import_checkpoint
+from services.inference.testmodel import ensure_bundled
 
 GOAL = 2.0
 

@@ -45,7 +45,9 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-sd written as an A1111-layout single file, outside the volume."""
-    return export_sd_checkpoint(volume / "tiny-sd", tmp_path_factory.mktemp("files") / "Tiny SD v1.safetensors")
+    return export_sd_checkpoint(
+        volume / "tiny-sd", tmp_path_factory.mktemp("files") / "Tiny SD v1.safetensors"
+    )
 
 
 def names(models_dir: Path) -> list[str]:
@@ -119,7 +121,9 @@ def test_a_pickle_is_refused_with_how_to_convert(volume: Path, tmp_path: Path) -
     assert names(volume) == before
 
 
-def test_a_truncated_file_is_refused_and_nothing_is_left(volume: Path, exported: Path, tmp_path: Path) -> None:
+def test_a_truncated_file_is_refused_and_nothing_is_left(
+    volume: Path, exported: Path, tmp_path: Path
+) -> None:
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(exported.read_bytes()[: exported.stat().st_size // 2])
     before = names(volume)
@@ -209,9 +213,7 @@ def full_disk(tmp_path: Path, volume: Path) -> Iterator[Path]:
     if done.returncode != 0:
         pytest.fail("mounting a small tmpfs failed: this test needs root, as CI has")
     try:
-        shutil.copytree(
-            volume / "tiny-sd", mount / "tiny-sd", ignore=shutil.ignore_patterns("*.safetensors")
-        )
+        shutil.copytree(volume / "tiny-sd", mount / "tiny-sd", ignore=shutil.ignore_patterns("*.safetensors"))
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
