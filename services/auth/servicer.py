@@ -6,6 +6,7 @@ is refused on the very next request, on every replica.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -151,18 +152,24 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             raise invalid("missing_credentials", "Enter your username (or email address) and password.")
         user = await self.db.user_by_login(login)
         subject = Subject(
-            str(user.id) if user else f"name:{policy.normalize_login(login)}", request.client_address.strip()
+            str(user.id) if user else f"name:{policy.normalize_login(login)}",
+            request.client_address.strip(),
+            user.id if user else None,
         )
         try:
-            await self.throttle.check(subject)
+            verdict = await self.throttle.check(subject)
         except EaselError:
             LOGINS.labels("throttled").inc()
             raise
+        if verdict.delay_s > 0:
+            # Many recent failures from addresses this account never signed in from: slow this
+            # one down (the same for unknown names, so the delay does not reveal which exist).
+            await asyncio.sleep(verdict.delay_s)
         # A password longer than any we accept cannot match, but it still costs one dummy check.
         stored = user.password_hash if user and len(request.password) <= policy.PASSWORD_MAX else None
         ok = await self.passwords.verify(stored, request.password)
         if not ok or user is None:
-            await self.throttle.failed(subject)
+            await self.throttle.failed(subject, verdict.known)
             LOGINS.labels("invalid_credentials").inc()
             raise _invalid_credentials()
         await self.throttle.succeeded(subject)
@@ -247,11 +254,12 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
                 "Choose a new password that differs from the current one.",
                 "new_password",
             )
-        # Throttled like a login: a stolen session must not become a way to guess the password.
-        subject = Subject(str(user.id))
-        await self.throttle.check(subject)
+        # Throttled like a login from the caller's address: a stolen session must not become a way
+        # to guess the password. (No delay: the caller holds a credential of the account.)
+        subject = Subject(str(user.id), request.client_address.strip(), user.id)
+        verdict = await self.throttle.check(subject)
         if not await self.passwords.verify(user.password_hash, request.current_password):
-            await self.throttle.failed(subject)
+            await self.throttle.failed(subject, verdict.known)
             raise invalid(
                 "wrong_password",
                 "The current password is not correct; enter the password you sign in with.",

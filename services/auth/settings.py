@@ -22,12 +22,19 @@ class AuthSettings(DatabaseSettings):
 
     auth_password_min_length: int = Field(default=10, ge=6, le=128)
 
-    # Brute-force protection: this many failures within the window locks the account (or the
-    # client address) for the lockout time. Addresses get more room: many people share one NAT.
+    # Brute-force protection (see throttle.py): this many failures within the window lock one
+    # (account, client address) pair, or one address for the accounts never signed in from it, for
+    # the lockout time. Addresses get more room: many people share one NAT. The account alone is
+    # never locked: past auth_login_max_failures failures from unknown addresses, each further
+    # sign-in from an unknown address waits base x 2^n seconds, at most the cap.
     auth_login_max_failures: int = Field(default=5, ge=1)
     auth_login_max_failures_per_address: int = Field(default=50, ge=1)
     auth_login_window_s: int = Field(default=900, ge=1)
     auth_login_lockout_s: int = Field(default=900, ge=1)
+    auth_login_delay_base_s: float = Field(default=0.5, ge=0, le=60)
+    auth_login_delay_max_s: float = Field(default=4.0, ge=0, le=60)
+    # How long an address that signed in to an account stays "known" to it after its last sign-in.
+    auth_known_address_ttl_s: int = Field(default=180 * 24 * 3600, ge=60)
 
     # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile). Tests lower them.
     auth_argon2_time_cost: int = Field(default=3, ge=1)

@@ -120,6 +120,7 @@ async def change_password(request: web.Request, current: str, new: str) -> None:
                 current_password=current,
                 new_password=new,
                 keep_session_token=keep,
+                client_address=client_address(request),
             )
         )
 
