@@ -17,6 +17,7 @@ from .housekeeping import housekeeping_loop
 from .passwords import Passwords
 from .servicer import AuthServicer
 from .settings import AuthSettings
+from .signup_limit import SignupLimit
 from .store import Store
 from .throttle import Throttle
 
@@ -31,17 +32,18 @@ async def main() -> None:
             database(settings.database_url, "auth", MIGRATIONS, settings.db_pool_min, settings.db_pool_max)
         )
         passwords = stack.enter_context(Passwords(settings))
-        db, throttle = Store(pool), Throttle(pool, settings)
+        db, throttle, signups = Store(pool), Throttle(pool, settings), SignupLimit(pool, settings)
         server = GrpcServer("auth", settings)
         server.add(
             auth_pb2_grpc.add_AuthServicer_to_server,
-            AuthServicer(db, throttle, passwords, settings),
+            AuthServicer(db, throttle, passwords, settings, signups),
             "easel.auth.v1.Auth",
         )
         server.watch_dependency("database", lambda: pool.fetchval("SELECT 1"))
         await server.start()
         chores = asyncio.create_task(
-            housekeeping_loop(db, throttle, settings.auth_housekeeping_interval_s), name="auth-housekeeping"
+            housekeeping_loop(db, throttle, signups, settings.auth_housekeeping_interval_s),
+            name="auth-housekeeping",
         )
 
         async def on_stopping() -> None:

@@ -23,6 +23,7 @@ from . import policy, store, tokens
 from .metrics import AUTHENTICATE_LATENCY, AUTHENTICATIONS, LOGINS, REGISTRATIONS
 from .passwords import Passwords
 from .settings import AuthSettings
+from .signup_limit import SignupLimit
 from .throttle import Subject, Throttle
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,16 @@ def _ts(when: datetime | None) -> Timestamp | None:
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
     def __init__(
-        self, db: store.Store, throttle: Throttle, passwords: Passwords, settings: AuthSettings
+        self,
+        db: store.Store,
+        throttle: Throttle,
+        passwords: Passwords,
+        settings: AuthSettings,
+        signups: SignupLimit | None = None,
     ) -> None:
         self.db = db
         self.throttle = throttle
+        self.signups = signups or SignupLimit(db.pool, settings)
         self.passwords = passwords
         self.settings = settings
         self.admins = settings.admin_usernames
@@ -136,7 +143,10 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             email = policy.check_email(request.email)
             policy.check_password(request.password, username, self.settings.auth_password_min_length)
             role = "admin" if username.lower() in self.admins else "user"
-            hashed = await self.passwords.hash(request.password)
+            # Counted before the (costly) hash, which runs on sign-up's own bounded threads so that
+            # a flood of sign-ups queues behind itself and not in front of anyone's sign-in.
+            await self.signups.take(request.client_address)
+            hashed = await self.passwords.hash_for_signup(request.password)
             user = await self.db.create_user(username, email, hashed, role)
         except EaselError as exc:
             REGISTRATIONS.labels(exc.code).inc()

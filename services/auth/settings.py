@@ -40,8 +40,13 @@ class AuthSettings(DatabaseSettings):
     auth_argon2_time_cost: int = Field(default=3, ge=1)
     auth_argon2_parallelism: int = Field(default=4, ge=1)
     auth_argon2_memory_kib: int = Field(default=65536, ge=8)
-    # Threads that hash passwords; bounds the memory argon2 can take at once.
+    # Threads that hash passwords; bound the memory argon2 can take at once. Sign-ups have their
+    # own, so that a flood of them cannot starve sign-ins of hashing capacity.
     auth_hash_workers: int = Field(default=4, ge=1, le=64)
+    auth_signup_hash_workers: int = Field(default=1, ge=1, le=64)
+    # Accounts one client address may create per window (callers that pass no address: unlimited).
+    auth_signup_per_address: int = Field(default=10, ge=1)
+    auth_signup_window_s: int = Field(default=3600, ge=1)
 
     # How often expired sessions and stale throttle rows are deleted.
     auth_housekeeping_interval_s: float = Field(default=3600.0, gt=0)
