@@ -139,8 +139,8 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.RegisterRequest, context: Context
     ) -> auth_pb2.RegisterResponse:
         try:
-            username = policy.check_username(request.username)
-            email = policy.check_email(request.email)
+            username = policy.check_username(policy.check_storable(request.username, "username"))
+            email = policy.check_email(policy.check_storable(request.email, "email"))
             policy.check_password(request.password, username, self.settings.auth_password_min_length)
             role = "admin" if username.lower() in self.admins else "user"
             # Counted before the (costly) hash, which runs on sign-up's own bounded threads so that
@@ -157,6 +157,11 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
         login = request.username.strip()
+        try:
+            policy.check_storable(login, "username")
+        except EaselError:
+            LOGINS.labels("invalid_request").inc()
+            raise
         if not login or not request.password:
             LOGINS.labels("invalid_request").inc()
             raise invalid("missing_credentials", "Enter your username (or email address) and password.")
@@ -301,8 +306,8 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.CreateApiKeyRequest, context: Context
     ) -> auth_pb2.CreateApiKeyResponse:
         user_id = _uuid(request.user_id, _user_not_found())
-        name = policy.check_key_name(request.name)
-        scopes = policy.check_scopes(list(request.scopes))
+        name = policy.check_key_name(policy.check_storable(request.name, "name"))
+        scopes = policy.check_scopes([policy.check_storable(s, "scopes") for s in request.scopes])
         longest = self.settings.auth_api_key_max_ttl_s
         ttl = request.ttl_seconds or self.settings.auth_api_key_ttl_s
         if not 60 <= ttl <= longest:

@@ -11,6 +11,7 @@ import asyncpg
 
 from services.common.errors import too_many
 
+from .policy import storable_key
 from .settings import AuthSettings
 from .throttle import ADDRESS_MAX
 
@@ -37,7 +38,7 @@ class SignupLimit:
 
     async def take(self, address: str) -> None:
         """Counts one sign-up from `address`; raises `too_many_signups` past the limit."""
-        address = address.strip()[:ADDRESS_MAX]
+        address = storable_key(address.strip()[:ADDRESS_MAX])
         if not address:
             return
         row = await self.pool.fetchrow(_TAKE, address, self.window_s)

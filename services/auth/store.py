@@ -1,5 +1,8 @@
 """SQL for the auth schema: users, sessions and API keys.
 
+Text that no column can hold (NUL, a lone surrogate) is refused here with `invalid_field` before any
+query, whatever the caller checked: the second line behind the service's own checks.
+
 Every expiry is computed and compared with the database clock (`now()`), so replicas whose clocks
 drift still agree on whether a token is alive.
 """
@@ -13,6 +16,8 @@ from datetime import datetime
 import asyncpg
 
 from services.common.errors import conflict
+
+from .policy import check_storable, storable_key
 
 # Unique-index names from 0001_init.sql, mapped to the error a duplicate registration gets.
 _DUPLICATE = {
@@ -79,6 +84,8 @@ class Store:
     # Users
 
     async def create_user(self, username: str, email: str, password_hash: str, role: str) -> User:
+        check_storable(username, "username")
+        check_storable(email, "email")
         try:
             row = await self.pool.fetchrow(
                 "INSERT INTO users (username, email, password_hash, role) VALUES ($1, $2, $3, $4) "
@@ -106,6 +113,7 @@ class Store:
 
     async def user_by_login(self, login: str) -> User | None:
         """By username, or by email when `login` has an @ (usernames never do)."""
+        check_storable(login, "username")
         column = "email" if "@" in login else "username"
         row = await self.pool.fetchrow(
             # `column` is one of two literals chosen above.
@@ -157,7 +165,7 @@ class Store:
             session_id,
             user_id,
             digest,
-            address,
+            storable_key(address),
             float(ttl_s),
         )
         return expires
@@ -194,6 +202,9 @@ class Store:
 
         Raises `LookupError` when the user does not exist.
         """
+        check_storable(name, "name")
+        for scope in scopes:
+            check_storable(scope, "scopes")
         async with self.pool.acquire() as conn, conn.transaction():
             # Locking the user row serialises concurrent creations, so the limit holds exactly.
             if await conn.fetchval("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id) is None:

@@ -31,6 +31,7 @@ import asyncpg
 from services.common.errors import EaselError, too_many
 
 from .metrics import LOCKOUTS
+from .policy import storable_key
 from .settings import AuthSettings
 
 ADDRESS_MAX = 128
@@ -90,15 +91,19 @@ class Subject:
 
     @property
     def _address(self) -> str:
-        return self.address[:ADDRESS_MAX]
+        return storable_key(self.address[:ADDRESS_MAX])
+
+    @property
+    def _account(self) -> str:
+        return storable_key(self.account)
 
     @property
     def pair_key(self) -> str:
-        return f"pair:{self.account}|{self._address}"
+        return f"pair:{self._account}|{self._address}"
 
     @property
     def account_key(self) -> str:
-        return f"account:{self.account}"
+        return f"account:{self._account}"
 
     @property
     def address_key(self) -> str | None:

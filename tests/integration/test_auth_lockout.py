@@ -183,3 +183,18 @@ async def test_a_password_change_from_a_locked_address_waits_too(env: Env, uniqu
     assert (err.code, err.status) == ("login_throttled", grpc.StatusCode.RESOURCE_EXHAUSTED)
     # ... and the lock at that address does not stop the owner elsewhere.
     await env.stub.ChangePassword(change(f"10.22.0.2-{unique}"))
+
+
+async def test_http_basic_and_bearer_with_hostile_text_are_401(gateway: Client, unique: str) -> None:
+    """A NUL in the Basic user reaches auth as a login name (invalid_field there, 401 here); a
+    non-ASCII bearer token reaches auth as a token (invalid_token); neither is a 5xx."""
+    for user in (f"vic\x00tim{unique}", "\x00", f"vïctim{unique}"):
+        resp = await gateway.get(
+            "/sdapi/v1/samplers", headers=basic(user, "a-password", f"10.23.0.1-{unique}")
+        )
+        assert resp.status == 401, (user, await resp.text())
+    for token in ("ess_" + "é" * 32 + "_" + "A" * 43, "esk_ü"):
+        resp = await gateway.get("/sdapi/v1/samplers", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 401, (token, await resp.text())
+        resp = await gateway.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 401, (token, await resp.text())
