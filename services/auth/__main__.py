@@ -1,9 +1,11 @@
-"""`python -m services.auth`: the auth gRPC service."""
+"""`python -m services.auth`: the auth gRPC service; `python -m services.auth admin ...`: the admin
+role of accounts (see admin.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from services.common.db import database
 from services.common.grpc_server import GrpcServer
 from services.common.process import run, setup_process
 
+from .admin import run_admin
 from .housekeeping import housekeeping_loop
 from .passwords import Passwords
 from .servicer import AuthServicer
@@ -55,4 +58,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["admin"]:
+        sys.exit(asyncio.run(run_admin(sys.argv[2:])))
     run(main())

@@ -86,21 +86,20 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self.signups = signups or SignupLimit(db.pool, settings)
         self.passwords = passwords
         self.settings = settings
-        self.admins = settings.admin_usernames
+        self.admin_ids = settings.admin_ids
 
     # Helpers
 
-    def _role(self, username: str, stored_role: str) -> str:
-        # The setting is read at every call, so adding a name to EASEL_AUTH_ADMIN_USERS and restarting
-        # promotes an existing account too.
-        return "admin" if stored_role == "admin" or username.lower() in self.admins else "user"
+    def _role(self, user_id: uuid.UUID, is_admin: bool) -> str:
+        # Read from the account's row at every call: a grant or revoke counts from the next request.
+        return "admin" if is_admin or user_id in self.admin_ids else "user"
 
     def _user_pb(self, user: store.User) -> auth_pb2.User:
         return auth_pb2.User(
             id=str(user.id),
             username=user.username,
             email=user.email,
-            role=self._role(user.username, user.role),
+            role=self._role(user.id, user.is_admin),
             created_at=_ts(user.created_at),
         )
 
@@ -142,12 +141,11 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             username = policy.check_username(policy.check_storable(request.username, "username"))
             email = policy.check_email(policy.check_storable(request.email, "email"))
             policy.check_password(request.password, username, self.settings.auth_password_min_length)
-            role = "admin" if username.lower() in self.admins else "user"
             # Counted before the (costly) hash, which runs on sign-up's own bounded threads so that
             # a flood of sign-ups queues behind itself and not in front of anyone's sign-in.
             await self.signups.take(request.client_address)
             hashed = await self.passwords.hash_for_signup(request.password)
-            user = await self.db.create_user(username, email, hashed, role)
+            user = await self.db.create_user(username, email, hashed)
         except EaselError as exc:
             REGISTRATIONS.labels(exc.code).inc()
             raise
@@ -250,7 +248,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         return auth_pb2.Principal(
             user_id=str(cred.user_id),
             username=cred.username,
-            role=self._role(cred.username, cred.role),
+            role=self._role(cred.user_id, cred.is_admin),
             scopes=policy.SESSION_SCOPES if cred.scopes is None else cred.scopes,
             credential_kind=parsed.kind,
             credential_id=str(cred.id),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from pydantic import Field, ValidationInfo, field_validator
 
 from services.common.config import DatabaseSettings
@@ -11,7 +13,12 @@ class AuthSettings(DatabaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     metrics_port: int = Field(default=9101, ge=0, le=65535)
 
-    # Comma-separated usernames (any case) that get the admin role.
+    # Comma-separated account ids (UUIDs) that have the admin role besides the accounts granted it
+    # with `python -m services.auth admin grant <username>`. Ids, not names: an id is made by the
+    # server at sign-up, so nobody can sign up into this list.
+    auth_admin_ids: str = ""
+    # Removed (it named usernames, so whoever signed up first with a listed name became an admin);
+    # set, it stops the service with what to do instead.
     auth_admin_users: str = ""
 
     auth_session_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
@@ -68,6 +75,32 @@ class AuthSettings(DatabaseSettings):
             raise ValueError(f"must be at least 8 x EASEL_AUTH_ARGON2_PARALLELISM ({8 * lanes})")
         return value
 
+    @field_validator("auth_admin_users")
+    @classmethod
+    def _admin_users_removed(cls, value: str) -> str:
+        if value.strip():
+            raise ValueError(
+                "no longer supported: a username list let whoever signed up first with a listed name "
+                "become an admin. Unset it, and grant the role to an existing account with "
+                "`python -m services.auth admin grant <username>` (or list account ids in "
+                "EASEL_AUTH_ADMIN_IDS)"
+            )
+        return value
+
+    @field_validator("auth_admin_ids")
+    @classmethod
+    def _admin_ids_are_uuids(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    uuid.UUID(item.strip())
+                except ValueError:
+                    raise ValueError(
+                        f"{item.strip()!r} is not an account id; list account ids (UUIDs, as "
+                        "`python -m services.auth admin list` shows them), separated by commas"
+                    ) from None
+        return value
+
     @property
-    def admin_usernames(self) -> frozenset[str]:
-        return frozenset(u.strip().lower() for u in self.auth_admin_users.split(",") if u.strip())
+    def admin_ids(self) -> frozenset[uuid.UUID]:
+        return frozenset(uuid.UUID(i.strip()) for i in self.auth_admin_ids.split(",") if i.strip())

@@ -35,7 +35,7 @@ class User:
     id: uuid.UUID
     username: str
     email: str
-    role: str
+    is_admin: bool
     created_at: datetime
     password_hash: str
 
@@ -50,7 +50,7 @@ class Credential:
     revoked: bool
     user_id: uuid.UUID
     username: str
-    role: str
+    is_admin: bool
     scopes: list[str] | None  # None for a session: it may do everything
 
 
@@ -65,7 +65,7 @@ class ApiKey:
     last_used_at: datetime | None
 
 
-_USER_COLUMNS = "id, username, email, role, created_at, password_hash"
+_USER_COLUMNS = "id, username, email, is_admin, created_at, password_hash"
 _KEY_COLUMNS = "id, name, prefix, scopes, created_at, expires_at, last_used_at"
 
 
@@ -83,17 +83,17 @@ class Store:
 
     # Users
 
-    async def create_user(self, username: str, email: str, password_hash: str, role: str) -> User:
+    async def create_user(self, username: str, email: str, password_hash: str) -> User:
+        """A new account, never an administrator: that takes an explicit grant (`admin.py`)."""
         check_storable(username, "username")
         check_storable(email, "email")
         try:
             row = await self.pool.fetchrow(
-                "INSERT INTO users (username, email, password_hash, role) VALUES ($1, $2, $3, $4) "
+                "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) "
                 f"RETURNING {_USER_COLUMNS}",  # nosec B608  # constant SQL only; values are $n parameters
                 username,
                 email,
                 password_hash,
-                role,
             )
         except asyncpg.UniqueViolationError as exc:
             code, message, field = _DUPLICATE.get(
@@ -174,7 +174,7 @@ class Store:
         row = await self.pool.fetchrow(
             "SELECT s.id, s.secret_hash, s.expires_at <= now() AS expired, "
             "s.revoked_at IS NOT NULL AS revoked, "
-            "u.id AS user_id, u.username, u.role, NULL::text[] AS scopes "
+            "u.id AS user_id, u.username, u.is_admin, NULL::text[] AS scopes "
             "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
             session_id,
         )
@@ -255,7 +255,7 @@ class Store:
         row = await self.pool.fetchrow(
             "SELECT k.id, k.secret_hash, k.expires_at <= now() AS expired, "
             "k.revoked_at IS NOT NULL AS revoked, "
-            "u.id AS user_id, u.username, u.role, k.scopes "
+            "u.id AS user_id, u.username, u.is_admin, k.scopes "
             "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
             key_id,
         )
@@ -270,7 +270,7 @@ class Store:
             "AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds') RETURNING id) "
             "SELECT k.id, k.secret_hash, k.expires_at <= now() AS expired, "
             "k.revoked_at IS NOT NULL AS revoked, "
-            "u.id AS user_id, u.username, u.role, k.scopes "
+            "u.id AS user_id, u.username, u.is_admin, k.scopes "
             "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
             key_id,
             digest,

@@ -45,7 +45,6 @@ WINDOW_S = 2
 MAX_FAILURES = 3
 MAX_FAILURES_PER_ADDRESS = 5
 MAX_KEYS = 3
-ADMIN = "Chief_Admin"
 TOKEN_FORMAT = re.compile(r"(ess|esk)_[0-9a-f]{32}_[A-Za-z0-9_-]{43}")
 
 
@@ -54,7 +53,6 @@ def settings_for(postgres_url: str, **overrides: Any) -> AuthSettings:
         "database_url": postgres_url,
         "grpc_port": 0,
         "metrics_port": 0,
-        "auth_admin_users": f" {ADMIN.upper()} , someone_else",
         "auth_argon2_time_cost": 1,
         "auth_argon2_memory_kib": 256,
         "auth_argon2_parallelism": 1,
@@ -336,18 +334,6 @@ async def test_malformed_registrations_get_their_own_codes(
     assert (
         await env.pool.fetchval("SELECT count(*) FROM users WHERE lower(username) = lower($1)", username) == 0
     )
-
-
-async def test_admin_users_setting_grants_the_admin_role(env: Env, unique: str) -> None:
-    # ADMIN is listed in upper case with spaces around it; the match ignores both.
-    admin = await env.stub.Register(
-        auth_pb2.RegisterRequest(
-            username=ADMIN.lower(), email=f"admin_{unique}@example.com", password=password_for(unique)
-        )
-    )
-    assert admin.user.role == "admin"
-    token = (await login(env, ADMIN, password_for(unique))).token
-    assert (await env.stub.Authenticate(auth_pb2.AuthenticateRequest(token=token))).role == "admin"
 
 
 # Passwords
