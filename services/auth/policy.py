@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 
+from services.common import limits
 from services.common.errors import EaselError, invalid
 
 USERNAME_MIN, USERNAME_MAX = 3, 32
 EMAIL_MAX = 254
 # argon2 takes any length, but hashing megabytes on request would be a cheap way to burn our CPU.
 PASSWORD_MAX = 256
-KEY_NAME_MAX = 64
+KEY_NAME_MAX = limits.API_KEY_NAME_MAX
 
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Deliberately loose: the only real test of an address is mail reaching it. This catches typos

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from easel.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.common import limits
 from services.common.errors import EaselError, invalid, not_found, unauthenticated
 
 from . import policy, store, tokens
@@ -308,10 +309,11 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         scopes = policy.check_scopes([policy.check_storable(s, "scopes") for s in request.scopes])
         longest = self.settings.auth_api_key_max_ttl_s
         ttl = request.ttl_seconds or self.settings.auth_api_key_ttl_s
-        if not 60 <= ttl <= longest:
+        if not limits.API_KEY_TTL_MIN_S <= ttl <= longest:
             raise invalid(
                 "invalid_ttl",
-                f"Choose a key lifetime between 60 and {longest} seconds, or 0 for the default.",
+                f"Choose a key lifetime between {limits.API_KEY_TTL_MIN_S} and {longest} seconds, or 0 "
+                "for the default.",
                 "ttl_seconds",
             )
         token = tokens.new_token("api_key")
