@@ -2,8 +2,8 @@
 
 Three counters, each a fixed window that opens with its first failure:
 
-- per (account, client address): reaching `auth_login_max_failures` locks that pair for the lockout
-  time. This is the only lock an account has, so a stranger who guesses locks out only their own
+- per (account, client address): an attempt past `auth_login_max_failures` locks that pair for the
+  lockout time. This is the only lock an account has, so a stranger who guesses locks out only their own
   address, never the account's owner at theirs;
 - per account alone (failures from addresses that never signed in to it): never a lock, only a
   delay before the next password check from such an address, doubling with each failure past
@@ -14,10 +14,11 @@ Three counters, each a fixed window that opens with its first failure:
   who do sign in from it (one NAT, one office) carry on.
 
 An address "signed in to an account before" is remembered in `known_addresses` (a hash of the pair
-and when it was last seen). While a pair or address is locked, no password is even checked, so a
-lock gives an attacker nothing to learn. A success clears its own pair's count only: one valid
-account must not reset an attacker's budget for guessing others, and a lucky guess must not reset
-the account's delay.
+and when it was last seen). A pair counts attempts, before the password is checked, so a burst of
+parallel guesses gets no more checks than the limit; the other counters count failures. While a
+pair or address is locked, no password is even checked, so a lock gives an attacker nothing to
+learn. A success clears its own pair's count only: one valid account must not reset an attacker's
+budget for guessing others, and a lucky guess must not reset the account's delay.
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ SELECT
     (SELECT failures FROM login_throttle
      WHERE key = $3 AND window_start > now() - make_interval(secs => $4)) AS account_failures,
     EXISTS (SELECT 1 FROM known_addresses WHERE user_id = $5 AND address_hash = $6) AS known
+"""
+
+# Counts one attempt on a pair before its password is checked, so that a burst of parallel guesses
+# gets no more checks than the limit. $1 pair key, $2 attempts allowed, $3 window seconds, $4 lockout
+# seconds. A locked row is left as it is; the attempt past the limit sets the lock. Returns the
+# seconds the pair stays locked, NULL when this attempt may go ahead.
+_ATTEMPT = """
+INSERT INTO login_throttle AS t (key, failures, window_start, locked_until)
+VALUES ($1, 1, now(), CASE WHEN 1 > $2::int THEN now() + make_interval(secs => $4) END)
+ON CONFLICT (key) DO UPDATE SET
+    failures = CASE WHEN t.locked_until > now() THEN t.failures
+                    WHEN t.window_start > now() - make_interval(secs => $3) THEN t.failures + 1
+                    ELSE 1 END,
+    window_start = CASE WHEN t.locked_until > now() THEN t.window_start
+                        WHEN t.window_start > now() - make_interval(secs => $3) THEN t.window_start
+                        ELSE now() END,
+    locked_until = CASE WHEN t.locked_until > now() THEN t.locked_until
+                        WHEN (CASE WHEN t.window_start > now() - make_interval(secs => $3)
+                                   THEN t.failures + 1 ELSE 1 END) > $2::int
+                        THEN now() + make_interval(secs => $4)
+                        ELSE NULL END
+RETURNING CASE WHEN t.locked_until > now() THEN ceil(extract(epoch FROM t.locked_until - now()))::int END
 """
 
 # $1 key, $2 failures that lock (NULL: this counter never locks), $3 window seconds, $4 lockout
@@ -171,14 +194,24 @@ class Throttle:
             raise _throttled(int(row["pair_wait"]))
         if row["address_wait"] is not None and not known:
             raise _throttled(int(row["address_wait"]))
+        wait = await self.pool.fetchval(
+            _ATTEMPT, subject.pair_key, self.max_pair, self.window_s, self.lockout_s
+        )
+        if wait is not None:
+            LOCKOUTS.labels("pair").inc()
+            raise _throttled(int(wait))
         return Verdict(known, 0.0 if known else self.delay_for(int(row["account_failures"] or 0)))
 
     async def failed(self, subject: Subject, known: bool) -> None:
-        counters: list[tuple[str, str, int | None]] = [("pair", subject.pair_key, self.max_pair)]
+        """Counts a wrong password against the address and (from an unknown address) the account; the
+        pair counted the attempt already, in `check`."""
+        counters: list[tuple[str, str, int | None]] = []
         if subject.address_key is not None:
             counters.append(("addr", subject.address_key, self.max_address))
         if not known:
             counters.append(("account", subject.account_key, None))
+        if not counters:
+            return
         async with self.pool.acquire() as conn, conn.transaction():
             for kind, key, limit in counters:
                 locked = await conn.fetchval(_FAILED, key, limit, self.window_s, self.lockout_s)

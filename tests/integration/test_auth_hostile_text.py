@@ -120,8 +120,8 @@ async def test_the_store_itself_refuses_what_postgres_cannot_hold(env: Env, uniq
     user, password = await register(env, unique)
     user_id = uuid.UUID(user.id)
     calls = {
-        "username": lambda: db.create_user(f"u{bad}{unique}", f"{unique}@example.com", "hash", "user"),
-        "email": lambda: db.create_user(f"u{unique}", f"{bad}{unique}@example.com", "hash", "user"),
+        "username": lambda: db.create_user(f"u{bad}{unique}", f"{unique}@example.com", "hash"),
+        "email": lambda: db.create_user(f"u{unique}", f"{bad}{unique}@example.com", "hash"),
         "login": lambda: db.user_by_login(f"{bad}{unique}"),
         "name": lambda: db.create_api_key(
             uuid.uuid4(), user_id, f"k{bad}", "esk_00000000", b"x" * 32, ["generate"], 600, 10

@@ -8,6 +8,7 @@ Checked on the auth service over gRPC and, for HTTP Basic on `/sdapi`, through a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -198,3 +199,16 @@ async def test_http_basic_and_bearer_with_hostile_text_are_401(gateway: Client, 
         assert resp.status == 401, (token, await resp.text())
         resp = await gateway.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 401, (token, await resp.text())
+
+
+async def test_parallel_guesses_from_one_address_get_no_more_than_the_limit(env: Env, unique: str) -> None:
+    """Attempts are counted before the password is checked, so a burst cannot slip past the lock."""
+    victim, password = await register(env, unique, "burst")
+    address = f"10.24.0.1-{unique}"
+    results = await asyncio.gather(
+        *(fails(login(env, victim.username, f"guess-{i}", address)) for i in range(4 * MAX_FAILURES))
+    )
+    codes = [err.code for err in results]
+    assert codes.count("invalid_credentials") == MAX_FAILURES, codes
+    assert codes.count("login_throttled") == 3 * MAX_FAILURES, codes
+    assert (await fails(login(env, victim.username, password, address))).code == "login_throttled"
