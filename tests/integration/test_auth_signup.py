@@ -16,8 +16,13 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from easel.auth.v1 import auth_pb2
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from services.local.infra import free_port
 
 from .test_auth_service import Env, fails, password_for, serve_auth, settings_for
 
@@ -28,6 +33,7 @@ FLOOD_ADDRESSES = 8
 FLOOD_PER_ADDRESS = 6
 # A login during the flood may take at most this many times an idle login measured in the same test.
 FLOOD_RATIO_BOUND = 4.0
+Client = TestClient[web.Request, web.Application]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -44,6 +50,16 @@ async def env(postgres_url: str) -> AsyncIterator[Env]:
     )
     async with serve_auth(settings) as served:
         yield served
+
+
+@pytest_asyncio.fixture(scope="module")
+async def gateway(env: Env) -> AsyncIterator[Client]:
+    dead = f"127.0.0.1:{free_port()}"
+    settings = GatewaySettings(
+        auth_target=env.target, gallery_target=dead, inference_target=dead, trust_forwarded_for=True
+    )
+    async with TestClient(TestServer(create_app(settings))) as client:
+        yield client
 
 
 def signup(unique: str, name: str, address: str) -> auth_pb2.RegisterRequest:
@@ -70,6 +86,26 @@ async def test_signups_per_address_are_limited(env: Env, unique: str) -> None:
     # Another address signs up fine; so does a caller that passes no address (internal tools).
     await env.stub.Register(signup(unique, "neighbour", f"10.30.0.2-{unique}"))
     await env.stub.Register(signup(unique, "internal", ""))
+
+
+async def test_the_studio_api_answers_429_with_the_code_and_retry_after(gateway: Client, unique: str) -> None:
+    headers = {"X-Forwarded-For": f"10.34.0.1-{unique}"}
+
+    def body(i: int) -> dict[str, str]:
+        return {
+            "username": f"web{i}_{unique}",
+            "email": f"web{i}_{unique}@example.com",
+            "password": password_for(unique),
+        }
+
+    for i in range(SIGNUPS_PER_ADDRESS):
+        resp = await gateway.post("/api/v1/auth/register", json=body(i), headers=headers)
+        assert resp.status == 201, await resp.text()
+    resp = await gateway.post("/api/v1/auth/register", json=body(99), headers=headers)
+    assert resp.status == 429, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "too_many_signups" and "try again in" in error["message"]
+    assert int(resp.headers["Retry-After"]) > 1
 
 
 async def test_invalid_signups_do_not_use_up_the_limit(env: Env, unique: str) -> None:
