@@ -8,7 +8,11 @@ creates an API key, then for a fixed time and concurrency measures:
      (HTTP parse + Authenticate over gRPC + JSON answer).
 Prints calls/s, p50 and p99 latency, and each figure's ratio to the no-op baseline.
 
-    .venv/bin/python bench/auth_throughput.py [--seconds 10] [--concurrency 32]
+With --flood, also times Auth.Login (the service's own argon2 cost) idle, then while `--concurrency`
+callers sign up as fast as they can from 8 client addresses (the per-address sign-up limit lifted,
+as if each came from many), and prints the ratio: sign-up hashing must not starve sign-ins.
+
+    .venv/bin/python bench/auth_throughput.py [--seconds 10] [--concurrency 32] [--flood]
 """
 
 from __future__ import annotations
@@ -53,7 +57,61 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def run(stack: Stack, seconds: float, concurrency: int) -> list[tuple[str, float, float, float]]:
+FLOOD_ADDRESSES = 8
+UNLIMITED = "100000000"
+LOGIN_SAMPLES = 7
+
+
+async def login_under_flood(
+    auth: auth_pb2_grpc.AuthStub, name: str, password: str, concurrency: int
+) -> list[tuple[str, float, float, float]]:
+    """Login latency idle and during a sign-up flood, as (label, ratio to idle, p50 ms, max ms)."""
+    request = auth_pb2.LoginRequest(username=name, password=password, client_address="192.0.2.1")
+
+    async def timed_logins() -> list[float]:
+        out = []
+        for _ in range(LOGIN_SAMPLES):
+            t0 = time.perf_counter()
+            await auth.Login(request, timeout=120)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    await auth.Login(request, timeout=120)  # warm: the address becomes known, the path is hot
+    idle = await timed_logins()
+    stop = asyncio.Event()
+    signups = 0
+
+    async def flooder(i: int) -> None:
+        nonlocal signups
+        while not stop.is_set():
+            user = f"flood{uuid.uuid4().hex[:12]}"
+            await auth.Register(
+                auth_pb2.RegisterRequest(
+                    username=user,
+                    email=f"{user}@example.com",
+                    password="flood passphrase 123",
+                    client_address=f"198.51.100.{i % FLOOD_ADDRESSES}",
+                ),
+                timeout=300,
+            )
+            signups += 1
+
+    tasks = [asyncio.create_task(flooder(i)) for i in range(concurrency)]
+    await asyncio.sleep(1.0)  # let the sign-up hash queue fill
+    busy = await timed_logins()
+    stop.set()
+    await asyncio.gather(*tasks)
+    idle_p50, busy_p50 = _pct(idle, 0.5), _pct(busy, 0.5)
+    print(f"sign-ups completed during the flood: {signups}")
+    return [
+        ("Auth.Login idle", 1.0, idle_p50, max(idle) * 1000),
+        ("Auth.Login in a sign-up flood", busy_p50 / idle_p50, busy_p50, max(busy) * 1000),
+    ]
+
+
+async def run(
+    stack: Stack, seconds: float, concurrency: int, flood: bool = False
+) -> list[tuple[str, float, float, float]]:
     base = stack.gateway_url
     name = f"bench{uuid.uuid4().hex[:8]}"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
@@ -87,6 +145,8 @@ async def run(stack: Stack, seconds: float, concurrency: int) -> list[tuple[str,
                 assert resp.status == 200, resp.status
 
         rows = []
+        if flood:
+            rows.extend(await login_under_flood(auth, name, reg["password"], concurrency))
         for label, call in (
             ("gRPC no-op (health Check)", noop),
             ("Auth.Authenticate over gRPC", authenticate),
@@ -105,6 +165,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--flood", action="store_true", help="also time logins during a sign-up flood")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="easel-bench-") as tmp:
         run_dir = Path(tmp)
@@ -115,14 +176,30 @@ def main() -> None:
             nats_url="nats://127.0.0.1:1",
             log_dir=run_dir / "logs",
             grace=5,
+            # One user and one address make every request here: the gateway's request rate limits
+            # and the per-address sign-up limit would measure themselves instead.
+            extra_env={
+                "EASEL_AUTH_SIGNUP_PER_ADDRESS": UNLIMITED,
+                "EASEL_RATE_LIMIT_USER_PER_S": UNLIMITED,
+                "EASEL_RATE_LIMIT_USER_BURST": UNLIMITED,
+                "EASEL_RATE_LIMIT_CLIENT_PER_S": UNLIMITED,
+                "EASEL_RATE_LIMIT_CLIENT_BURST": UNLIMITED,
+            },
         )
         try:
             stack.start_infra()
             stack.start_one("auth")
             stack.start_one("gateway")
-            rows = asyncio.run(run(stack, args.seconds, args.concurrency))
+            rows = asyncio.run(run(stack, args.seconds, args.concurrency, args.flood))
         finally:
             stack.stop()
+    if args.flood:
+        flood, rows = rows[:2], rows[2:]
+        head = f"| {'login (argon2 at the service defaults)':<40} | {'p50 ms':>8} | {'max ms':>8} |"
+        print(f"\n{head} {'vs idle':>7} |")
+        print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
+        for label, ratio, p50, worst in flood:
+            print(f"| {label:<40} | {p50:>8.1f} | {worst:>8.1f} | {ratio:>7.2f} |")
     baseline = rows[0][1]
     print(f"\nconcurrency {args.concurrency}, {args.seconds:.0f} s per row, all processes on this machine\n")
     print(f"| {'path':<30} | {'calls/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'vs no-op':>8} |")

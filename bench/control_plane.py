@@ -599,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "EASEL_RATE_LIMIT_USER_BURST": LIMIT,
         "EASEL_RATE_LIMIT_CLIENT_PER_S": LIMIT,
         "EASEL_RATE_LIMIT_CLIENT_BURST": LIMIT,
+        "EASEL_AUTH_SIGNUP_PER_ADDRESS": LIMIT,  # every simulated user signs up from 127.0.0.1
         "EASEL_WORKER_MODELS": MODEL,
     }
     if args.torch_threads:

@@ -16,6 +16,9 @@ import pytest
 from services.local.infra import EmbeddedNats, EmbeddedPostgres, free_port
 
 os.environ.setdefault("EASEL_PG_FAST", "1")  # fsync off: test data need not survive a power cut
+# Every test client signs up from 127.0.0.1, many accounts per stack: the per-address sign-up limit
+# (tested on its own in tests/integration/test_auth_signup.py) is lifted for the rest.
+os.environ.setdefault("EASEL_AUTH_SIGNUP_PER_ADDRESS", "1000000")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,9 @@ answer with images whose bytes live in that stack's blob folder.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +36,20 @@ async def new_database(postgres_url: str, prefix: str) -> str:
 def create_database(postgres_url: str, prefix: str) -> str:
     """A new empty database beside the one in `postgres_url`; returns its URL."""
     return asyncio.run(new_database(postgres_url, prefix))
+
+
+def grant_admin(database_url: str, username: str) -> None:
+    """Makes an existing account an administrator the way an operator does: with the command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EASEL_")}
+    env["EASEL_DATABASE_URL"] = database_url
+    done = subprocess.run(
+        [sys.executable, "-m", "services.auth", "admin", "grant", username],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @contextmanager

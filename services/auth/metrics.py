@@ -21,5 +21,7 @@ AUTHENTICATE_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 LOCKOUTS = Counter(
-    "easel_auth_lockouts", "Accounts or client addresses locked after too many failures.", ["scope"]
+    "easel_auth_lockouts",
+    "(Account, address) pairs (scope pair) or client addresses (addr) locked after too many failures.",
+    ["scope"],
 )

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 
+from services.common import limits
 from services.common.errors import EaselError, invalid
 
 USERNAME_MIN, USERNAME_MAX = 3, 32
 EMAIL_MAX = 254
 # argon2 takes any length, but hashing megabytes on request would be a cheap way to burn our CPU.
 PASSWORD_MAX = 256
-KEY_NAME_MAX = 64
+KEY_NAME_MAX = limits.API_KEY_NAME_MAX
 
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Deliberately loose: the only real test of an address is mail reaching it. This catches typos
@@ -46,6 +47,31 @@ _COMMON = frozenset(
     easel easelstudio stablediffusion diffusion midjourney artstudio
     """.split()
 )
+
+
+# Postgres refuses NUL in text, and a lone surrogate is not UTF-8 at all: either would fail a query.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_storable(value: str, field: str) -> str:
+    """`value`, unless it holds a character no text column can (checked before any other rule, so
+    such input is refused the same way in every field, and never reaches a query)."""
+    if _UNSTORABLE.search(value):
+        raise invalid(
+            "invalid_field",
+            f"'{field}' contains a NUL character or an unpaired surrogate, which cannot be stored; "
+            "remove it and try again.",
+            field,
+        )
+    return value
+
+
+def storable_key(value: str) -> str:
+    """Text used only as a key (a client address from a forwarded header, what was typed at a
+    sign-in), with NUL and lone surrogates escaped: the caller cannot fix it, so it is not refused."""
+    if not _UNSTORABLE.search(value):
+        return value
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
 
 
 def normalize_login(value: str) -> str:

@@ -6,6 +6,7 @@ is refused on the very next request, on every replica.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -16,12 +17,14 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from easel.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.common import limits
 from services.common.errors import EaselError, invalid, not_found, unauthenticated
 
 from . import policy, store, tokens
 from .metrics import AUTHENTICATE_LATENCY, AUTHENTICATIONS, LOGINS, REGISTRATIONS
 from .passwords import Passwords
 from .settings import AuthSettings
+from .signup_limit import SignupLimit
 from .throttle import Subject, Throttle
 
 log = logging.getLogger(__name__)
@@ -72,27 +75,32 @@ def _ts(when: datetime | None) -> Timestamp | None:
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
     def __init__(
-        self, db: store.Store, throttle: Throttle, passwords: Passwords, settings: AuthSettings
+        self,
+        db: store.Store,
+        throttle: Throttle,
+        passwords: Passwords,
+        settings: AuthSettings,
+        signups: SignupLimit | None = None,
     ) -> None:
         self.db = db
         self.throttle = throttle
+        self.signups = signups or SignupLimit(db.pool, settings)
         self.passwords = passwords
         self.settings = settings
-        self.admins = settings.admin_usernames
+        self.admin_ids = settings.admin_ids
 
     # Helpers
 
-    def _role(self, username: str, stored_role: str) -> str:
-        # The setting is read at every call, so adding a name to EASEL_AUTH_ADMIN_USERS and restarting
-        # promotes an existing account too.
-        return "admin" if stored_role == "admin" or username.lower() in self.admins else "user"
+    def _role(self, user_id: uuid.UUID, is_admin: bool) -> str:
+        # Read from the account's row at every call: a grant or revoke counts from the next request.
+        return "admin" if is_admin or user_id in self.admin_ids else "user"
 
     def _user_pb(self, user: store.User) -> auth_pb2.User:
         return auth_pb2.User(
             id=str(user.id),
             username=user.username,
             email=user.email,
-            role=self._role(user.username, user.role),
+            role=self._role(user.id, user.is_admin),
             created_at=_ts(user.created_at),
         )
 
@@ -131,12 +139,14 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.RegisterRequest, context: Context
     ) -> auth_pb2.RegisterResponse:
         try:
-            username = policy.check_username(request.username)
-            email = policy.check_email(request.email)
+            username = policy.check_username(policy.check_storable(request.username, "username"))
+            email = policy.check_email(policy.check_storable(request.email, "email"))
             policy.check_password(request.password, username, self.settings.auth_password_min_length)
-            role = "admin" if username.lower() in self.admins else "user"
-            hashed = await self.passwords.hash(request.password)
-            user = await self.db.create_user(username, email, hashed, role)
+            # Counted before the (costly) hash, which runs on sign-up's own bounded threads so that
+            # a flood of sign-ups queues behind itself and not in front of anyone's sign-in.
+            await self.signups.take(request.client_address)
+            hashed = await self.passwords.hash_for_signup(request.password)
+            user = await self.db.create_user(username, email, hashed)
         except EaselError as exc:
             REGISTRATIONS.labels(exc.code).inc()
             raise
@@ -146,23 +156,34 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
         login = request.username.strip()
+        try:
+            policy.check_storable(login, "username")
+        except EaselError:
+            LOGINS.labels("invalid_request").inc()
+            raise
         if not login or not request.password:
             LOGINS.labels("invalid_request").inc()
             raise invalid("missing_credentials", "Enter your username (or email address) and password.")
         user = await self.db.user_by_login(login)
         subject = Subject(
-            str(user.id) if user else f"name:{policy.normalize_login(login)}", request.client_address.strip()
+            str(user.id) if user else f"name:{policy.normalize_login(login)}",
+            request.client_address.strip(),
+            user.id if user else None,
         )
         try:
-            await self.throttle.check(subject)
+            verdict = await self.throttle.check(subject)
         except EaselError:
             LOGINS.labels("throttled").inc()
             raise
+        if verdict.delay_s > 0:
+            # Many recent failures from addresses this account never signed in from: slow this
+            # one down (the same for unknown names, so the delay does not reveal which exist).
+            await asyncio.sleep(verdict.delay_s)
         # A password longer than any we accept cannot match, but it still costs one dummy check.
         stored = user.password_hash if user and len(request.password) <= policy.PASSWORD_MAX else None
         ok = await self.passwords.verify(stored, request.password)
         if not ok or user is None:
-            await self.throttle.failed(subject)
+            await self.throttle.failed(subject, verdict.known)
             LOGINS.labels("invalid_credentials").inc()
             raise _invalid_credentials()
         await self.throttle.succeeded(subject)
@@ -228,7 +249,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         return auth_pb2.Principal(
             user_id=str(cred.user_id),
             username=cred.username,
-            role=self._role(cred.username, cred.role),
+            role=self._role(cred.user_id, cred.is_admin),
             scopes=policy.SESSION_SCOPES if cred.scopes is None else cred.scopes,
             credential_kind=parsed.kind,
             credential_id=str(cred.id),
@@ -247,11 +268,12 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
                 "Choose a new password that differs from the current one.",
                 "new_password",
             )
-        # Throttled like a login: a stolen session must not become a way to guess the password.
-        subject = Subject(str(user.id))
-        await self.throttle.check(subject)
+        # Throttled like a login from the caller's address: a stolen session must not become a way
+        # to guess the password. (No delay: the caller holds a credential of the account.)
+        subject = Subject(str(user.id), request.client_address.strip(), user.id)
+        verdict = await self.throttle.check(subject)
         if not await self.passwords.verify(user.password_hash, request.current_password):
-            await self.throttle.failed(subject)
+            await self.throttle.failed(subject, verdict.known)
             raise invalid(
                 "wrong_password",
                 "The current password is not correct; enter the password you sign in with.",
@@ -283,14 +305,15 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.CreateApiKeyRequest, context: Context
     ) -> auth_pb2.CreateApiKeyResponse:
         user_id = _uuid(request.user_id, _user_not_found())
-        name = policy.check_key_name(request.name)
-        scopes = policy.check_scopes(list(request.scopes))
+        name = policy.check_key_name(policy.check_storable(request.name, "name"))
+        scopes = policy.check_scopes([policy.check_storable(s, "scopes") for s in request.scopes])
         longest = self.settings.auth_api_key_max_ttl_s
         ttl = request.ttl_seconds or self.settings.auth_api_key_ttl_s
-        if not 60 <= ttl <= longest:
+        if not limits.API_KEY_TTL_MIN_S <= ttl <= longest:
             raise invalid(
                 "invalid_ttl",
-                f"Choose a key lifetime between 60 and {longest} seconds, or 0 for the default.",
+                f"Choose a key lifetime between {limits.API_KEY_TTL_MIN_S} and {longest} seconds, or 0 "
+                "for the default.",
                 "ttl_seconds",
             )
         token = tokens.new_token("api_key")

@@ -1,5 +1,8 @@
 """SQL for the auth schema: users, sessions and API keys.
 
+Text that no column can hold (NUL, a lone surrogate) is refused here with `invalid_field` before any
+query, whatever the caller checked: the second line behind the service's own checks.
+
 Every expiry is computed and compared with the database clock (`now()`), so replicas whose clocks
 drift still agree on whether a token is alive.
 """
@@ -13,6 +16,8 @@ from datetime import datetime
 import asyncpg
 
 from services.common.errors import conflict
+
+from .policy import check_storable, storable_key
 
 # Unique-index names from 0001_init.sql, mapped to the error a duplicate registration gets.
 _DUPLICATE = {
@@ -30,7 +35,7 @@ class User:
     id: uuid.UUID
     username: str
     email: str
-    role: str
+    is_admin: bool
     created_at: datetime
     password_hash: str
 
@@ -45,7 +50,7 @@ class Credential:
     revoked: bool
     user_id: uuid.UUID
     username: str
-    role: str
+    is_admin: bool
     scopes: list[str] | None  # None for a session: it may do everything
 
 
@@ -60,7 +65,7 @@ class ApiKey:
     last_used_at: datetime | None
 
 
-_USER_COLUMNS = "id, username, email, role, created_at, password_hash"
+_USER_COLUMNS = "id, username, email, is_admin, created_at, password_hash"
 _KEY_COLUMNS = "id, name, prefix, scopes, created_at, expires_at, last_used_at"
 
 
@@ -78,15 +83,17 @@ class Store:
 
     # Users
 
-    async def create_user(self, username: str, email: str, password_hash: str, role: str) -> User:
+    async def create_user(self, username: str, email: str, password_hash: str) -> User:
+        """A new account, never an administrator: that takes an explicit grant (`admin.py`)."""
+        check_storable(username, "username")
+        check_storable(email, "email")
         try:
             row = await self.pool.fetchrow(
-                "INSERT INTO users (username, email, password_hash, role) VALUES ($1, $2, $3, $4) "
+                "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) "
                 f"RETURNING {_USER_COLUMNS}",  # nosec B608  # constant SQL only; values are $n parameters
                 username,
                 email,
                 password_hash,
-                role,
             )
         except asyncpg.UniqueViolationError as exc:
             code, message, field = _DUPLICATE.get(
@@ -106,6 +113,7 @@ class Store:
 
     async def user_by_login(self, login: str) -> User | None:
         """By username, or by email when `login` has an @ (usernames never do)."""
+        check_storable(login, "username")
         column = "email" if "@" in login else "username"
         row = await self.pool.fetchrow(
             # `column` is one of two literals chosen above.
@@ -157,7 +165,7 @@ class Store:
             session_id,
             user_id,
             digest,
-            address,
+            storable_key(address),
             float(ttl_s),
         )
         return expires
@@ -166,7 +174,7 @@ class Store:
         row = await self.pool.fetchrow(
             "SELECT s.id, s.secret_hash, s.expires_at <= now() AS expired, "
             "s.revoked_at IS NOT NULL AS revoked, "
-            "u.id AS user_id, u.username, u.role, NULL::text[] AS scopes "
+            "u.id AS user_id, u.username, u.is_admin, NULL::text[] AS scopes "
             "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
             session_id,
         )
@@ -194,6 +202,9 @@ class Store:
 
         Raises `LookupError` when the user does not exist.
         """
+        check_storable(name, "name")
+        for scope in scopes:
+            check_storable(scope, "scopes")
         async with self.pool.acquire() as conn, conn.transaction():
             # Locking the user row serialises concurrent creations, so the limit holds exactly.
             if await conn.fetchval("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id) is None:
@@ -244,7 +255,7 @@ class Store:
         row = await self.pool.fetchrow(
             "SELECT k.id, k.secret_hash, k.expires_at <= now() AS expired, "
             "k.revoked_at IS NOT NULL AS revoked, "
-            "u.id AS user_id, u.username, u.role, k.scopes "
+            "u.id AS user_id, u.username, u.is_admin, k.scopes "
             "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
             key_id,
         )
@@ -259,7 +270,7 @@ class Store:
             "AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds') RETURNING id) "
             "SELECT k.id, k.secret_hash, k.expires_at <= now() AS expired, "
             "k.revoked_at IS NOT NULL AS revoked, "
-            "u.id AS user_id, u.username, u.role, k.scopes "
+            "u.id AS user_id, u.username, u.is_admin, k.scopes "
             "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
             key_id,
             digest,

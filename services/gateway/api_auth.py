@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
 from easel.auth.v1 import auth_pb2
+from services.common import limits
 from services.common.grpc_client import user_errors
 
 from . import serialize
@@ -120,6 +122,7 @@ async def change_password(request: web.Request, current: str, new: str) -> None:
                 current_password=current,
                 new_password=new,
                 keep_session_token=keep,
+                client_address=client_address(request),
             )
         )
 
@@ -134,13 +137,18 @@ async def password(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def key_json(key: auth_pb2.ApiKey) -> dict[str, Any]:
+    """A key as the API shows it: its record and what it may do (never its secret)."""
+    return {**serialize.api_key(key), "scopes": list(key.scopes)}
+
+
 @routes.post("/api/v1/keys")
 @needs_scope("account")
 async def create_key(request: web.Request) -> web.Response:
     principal = require_principal(request)
     body = await read_json(request)
-    name = body.string("name", required=True, max_len=100, allow_empty=False)
-    ttl = body.integer("ttl_seconds", minimum=0, maximum=10 * 365 * 86400)
+    name = body.string("name", required=True, max_len=limits.API_KEY_NAME_MAX, allow_empty=False)
+    ttl = body.integer("ttl_seconds", minimum=0, maximum=limits.API_KEY_TTL_MAX_S)
     scopes = body.string_list("scopes", max_items=20, max_len=50)
     with user_errors("auth"):
         created = await request.app[CLIENTS].auth.CreateApiKey(
@@ -151,7 +159,7 @@ async def create_key(request: web.Request) -> web.Response:
                 ttl_seconds=ttl or 0,
             )
         )
-    out = serialize.api_key(created.key)
+    out = key_json(created.key)
     out["key"] = created.secret
     return web.json_response(out, status=201, headers={"Cache-Control": "no-store"})
 
@@ -164,7 +172,7 @@ async def list_keys(request: web.Request) -> web.Response:
         found = await request.app[CLIENTS].auth.ListApiKeys(
             auth_pb2.ListApiKeysRequest(user_id=principal.user_id)
         )
-    return web.json_response({"items": [serialize.api_key(k) for k in found.keys]})
+    return web.json_response({"items": [key_json(k) for k in found.keys]})
 
 
 @routes.delete("/api/v1/keys/{key_id}")

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from services.local.stack import Stack
-from tests.stacks import isolated_stack
+from tests.stacks import grant_admin, isolated_stack
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -63,9 +63,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path, world: World
 ) -> Iterator[Stack]:
-    """Bob is an administrator."""
-    env = {"EASEL_AUTH_ADMIN_USERS": world.bob}
-    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "browser", env) as s:
+    """Bob becomes an administrator once he has signed up (see test_admin_hides_and_unhides)."""
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "browser") as s:
         world.base = s.gateway_url
         yield s
 
@@ -304,7 +303,8 @@ def test_anonymous_visitor(world: World, browser: Browser) -> None:
         ctx.close()
 
 
-def test_admin_hides_and_unhides(world: World, bob: Page, ada: Page) -> None:
+def test_admin_hides_and_unhides(world: World, stack: Stack, bob: Page, ada: Page) -> None:
+    grant_admin(stack.database_url, world.bob)
     bob.goto(f"{world.base}/images/{world.image_id}")
     bob.click("#hide-btn")
     expect(bob.locator(".alert")).to_contain_text("moderator hid")

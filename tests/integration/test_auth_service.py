@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ WINDOW_S = 2
 MAX_FAILURES = 3
 MAX_FAILURES_PER_ADDRESS = 5
 MAX_KEYS = 3
-ADMIN = "Chief_Admin"
 TOKEN_FORMAT = re.compile(r"(ess|esk)_[0-9a-f]{32}_[A-Za-z0-9_-]{43}")
 
 
@@ -54,7 +53,6 @@ def settings_for(postgres_url: str, **overrides: Any) -> AuthSettings:
         "database_url": postgres_url,
         "grpc_port": 0,
         "metrics_port": 0,
-        "auth_admin_users": f" {ADMIN.upper()} , someone_else",
         "auth_argon2_time_cost": 1,
         "auth_argon2_memory_kib": 256,
         "auth_argon2_parallelism": 1,
@@ -73,17 +71,20 @@ def settings_for(postgres_url: str, **overrides: Any) -> AuthSettings:
 class Env:
     """What a test needs: the stub, a raw pool on the auth schema, and the settings in force."""
 
-    def __init__(self, stub: auth_pb2_grpc.AuthStub, pool: asyncpg.Pool, settings: AuthSettings) -> None:
+    def __init__(
+        self, stub: auth_pb2_grpc.AuthStub, pool: asyncpg.Pool, settings: AuthSettings, target: str = ""
+    ) -> None:
         self.stub = stub
         self.pool = pool
         self.settings = settings
+        self.target = target  # host:port of the server, for a gateway in front of it
 
 
-@pytest_asyncio.fixture(scope="module")
-async def env(postgres_url: str) -> AsyncIterator[Env]:
-    settings = settings_for(postgres_url)
+@asynccontextmanager
+async def serve_auth(settings: AuthSettings) -> AsyncIterator[Env]:
+    """A real auth gRPC server in this process on a free port, and a channel to it."""
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(database(postgres_url, "auth", MIGRATIONS, 1, 4))
+        pool = await stack.enter_async_context(database(settings.database_url, "auth", MIGRATIONS, 1, 4))
         passwords = stack.enter_context(Passwords(settings))
         server = GrpcServer("auth", settings)
         server.add(
@@ -95,7 +96,13 @@ async def env(postgres_url: str) -> AsyncIterator[Env]:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stack.push_async_callback(channel.close)
         stack.push_async_callback(server.server.stop, 0)
-        yield Env(auth_pb2_grpc.AuthStub(channel), pool, settings)
+        yield Env(auth_pb2_grpc.AuthStub(channel), pool, settings, f"127.0.0.1:{port}")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def env(postgres_url: str) -> AsyncIterator[Env]:
+    async with serve_auth(settings_for(postgres_url)) as served:
+        yield served
 
 
 async def fails(call: Awaitable[Any]) -> EaselError:
@@ -329,18 +336,6 @@ async def test_malformed_registrations_get_their_own_codes(
     )
 
 
-async def test_admin_users_setting_grants_the_admin_role(env: Env, unique: str) -> None:
-    # ADMIN is listed in upper case with spaces around it; the match ignores both.
-    admin = await env.stub.Register(
-        auth_pb2.RegisterRequest(
-            username=ADMIN.lower(), email=f"admin_{unique}@example.com", password=password_for(unique)
-        )
-    )
-    assert admin.user.role == "admin"
-    token = (await login(env, ADMIN, password_for(unique))).token
-    assert (await env.stub.Authenticate(auth_pb2.AuthenticateRequest(token=token))).role == "admin"
-
-
 # Passwords
 
 
@@ -405,27 +400,28 @@ async def test_unknown_user_and_wrong_password_get_identical_answers(env: Env, u
     assert from_rpc_error(wrong.value, "auth").code == "invalid_credentials"
 
 
-async def test_throttling_kicks_in_after_max_failures_and_lifts_after_the_window(
+async def test_throttling_locks_the_address_after_max_failures_and_lifts_after_the_window(
     env: Env, unique: str
 ) -> None:
     user, password = await register(env, unique)
-    # Different addresses, so that only the per-account limit is in play.
+    address = f"10.2.0.1-{unique}"
     for i in range(MAX_FAILURES):
-        err = await fails(login(env, user.username, f"wrong-guess-{i}", f"10.2.{i}.1-{unique}"))
+        err = await fails(login(env, user.username, f"wrong-guess-{i}", address))
         assert err.code == "invalid_credentials"
-    locked = await fails(login(env, user.username, password, f"10.2.9.1-{unique}"))
+    locked = await fails(login(env, user.username, password, address))
     assert (locked.code, locked.status) == ("login_throttled", grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert locked.retry_after is not None and 1 <= locked.retry_after <= WINDOW_S
     assert f"try again in {locked.retry_after} seconds" in locked.message
-    # The lock is per account: someone else signs in fine meanwhile.
+    # The lock is per (account, address): the account signs in from elsewhere, someone else from here.
+    assert (await login(env, user.username, password, f"10.2.9.1-{unique}")).user.id == user.id
     other, other_password = await register(env, unique, "bystander")
-    await login(env, other.username, other_password)
+    await login(env, other.username, other_password, address)
 
     await asyncio.sleep(WINDOW_S + 0.3)
-    assert (await login(env, user.username, password, f"10.2.9.1-{unique}")).user.id == user.id
-    # Success cleared the count: a single failure now is no lockout.
-    assert (await fails(login(env, user.username, "wrong-again"))).code == "invalid_credentials"
-    assert (await login(env, user.username, password)).user.id == user.id
+    assert (await login(env, user.username, password, address)).user.id == user.id
+    # Success cleared the pair's count: a single failure now is no lockout.
+    assert (await fails(login(env, user.username, "wrong-again", address))).code == "invalid_credentials"
+    assert (await login(env, user.username, password, address)).user.id == user.id
 
 
 async def test_throttling_per_client_address_spans_accounts(env: Env, unique: str) -> None:
@@ -441,14 +437,24 @@ async def test_throttling_per_client_address_spans_accounts(env: Env, unique: st
 
 
 async def test_stale_throttle_rows_and_old_sessions_are_purged(env: Env, unique: str) -> None:
-    user, _ = await register(env, unique)
+    user, password = await register(env, unique)
+    await login(env, user.username, password, f"10.4.0.1-{unique}")
     await fails(login(env, user.username, "wrong-password"))
     key = f"account:{user.id}"
     await env.pool.execute(
         "UPDATE login_throttle SET window_start = now() - interval '1 hour' WHERE key = $1", key
     )
+    # An address not seen for longer than auth_known_address_ttl_s is forgotten.
+    known = "SELECT count(*) FROM known_addresses WHERE user_id = $1::uuid"
+    assert await env.pool.fetchval(known, user.id) == 1
+    await env.pool.execute(
+        "UPDATE known_addresses SET last_seen = now() - make_interval(secs => $2) WHERE user_id = $1::uuid",
+        user.id,
+        env.settings.auth_known_address_ttl_s + 60.0,
+    )
     await housekeep(Store(env.pool), Throttle(env.pool, env.settings))
     assert await env.pool.fetchval("SELECT count(*) FROM login_throttle WHERE key = $1", key) == 0
+    assert await env.pool.fetchval(known, user.id) == 0
 
 
 async def test_login_metrics_count_outcomes(env: Env, unique: str) -> None:

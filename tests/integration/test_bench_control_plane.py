@@ -124,7 +124,7 @@ async def test_api_key_is_touched_only_when_live_and_matching(auth_pool: asyncpg
 
     store = Store(auth_pool)
     name = f"k{uuid.uuid4().hex[:8]}"
-    user = await store.create_user(name, f"{name}@example.com", "x", "user")
+    user = await store.create_user(name, f"{name}@example.com", "x")
     made = tokens.new_token("api_key")
     await store.create_api_key(
         made.id, user.id, "bench", made.display_prefix, made.digest, ["generate"], 3600, 10

@@ -28,6 +28,7 @@ FAST_AUTH = {
 SHARED_ADDRESS = {
     "EASEL_RATE_LIMIT_CLIENT_PER_S": "1000",
     "EASEL_RATE_LIMIT_CLIENT_BURST": "10000",
+    "EASEL_AUTH_SIGNUP_PER_ADDRESS": "1000000",
 }
 # For suites whose one user and one address make many users' worth of requests on purpose; the
 # request rate limits have their own tests (the gateway's).

@@ -10,6 +10,7 @@ on the studio's API; the OpenAI and AUTOMATIC1111 shapes on theirs); none may be
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -28,7 +29,7 @@ import pytest_asyncio
 import yarl
 
 from services.local.stack import Stack
-from tests.stacks import new_database
+from tests.stacks import grant_admin, new_database
 
 from .client import PASSWORD, User, body_of, create_key, login, png_bytes, register, submit, wait_job
 from .conftest import NO_REQUEST_RATE_LIMITS, make_stack
@@ -51,7 +52,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, models_di
         models_dir,
         database_url,
         extra_env={
-            "EASEL_AUTH_ADMIN_USERS": ADMIN,
             # Every test client is 127.0.0.1: only the per-account lock is under test here.
             "EASEL_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
             # One owner and one address make the whole module's requests.
@@ -108,6 +108,7 @@ async def world(stack: Stack, http: aiohttp.ClientSession) -> World:
         json={"username": ADMIN, "email": f"{ADMIN}@example.com", "password": PASSWORD},
     ) as resp:
         assert resp.status == 201, await body_of(resp)
+    await asyncio.to_thread(grant_admin, stack.database_url, ADMIN)
     await login(http, admin)
     w = World(stack, base, owner, other, admin)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from services.auth import policy, tokens
 from services.auth.settings import AuthSettings
@@ -74,12 +76,17 @@ def test_scopes_default_and_canonical_order() -> None:
     assert info.value.code == "invalid_scope" and "sudo" in info.value.message
 
 
-def test_admin_users_setting_is_a_case_insensitive_list(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_ids_setting_is_a_list_of_account_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("EASEL_GRPC_PORT", "EASEL_METRICS_PORT"):
         monkeypatch.delenv(name, raising=False)
-    settings = AuthSettings(auth_admin_users=" Ada, ,grace ")
-    assert settings.admin_usernames == {"ada", "grace"}
+    one, two = uuid.uuid4(), uuid.uuid4()
+    settings = AuthSettings(auth_admin_ids=f" {str(one).upper()}, ,{two.hex} ")
+    assert settings.admin_ids == {one, two}
     assert (settings.grpc_port, settings.metrics_port) == (50051, 9101)
+    with pytest.raises(ValidationError, match="not an account id"):
+        AuthSettings(auth_admin_ids="ada")
+    with pytest.raises(ValidationError, match="admin grant"):
+        AuthSettings(auth_admin_users="ada")
 
 
 def test_argon2_memory_below_the_lane_minimum_is_refused_by_name() -> None:
