@@ -21,6 +21,7 @@ import binascii
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import grpc
 from aiohttp import web
@@ -150,6 +151,24 @@ def check_authorization(value: str) -> None:
         )
 
 
+def _check_query_bytes(raw: str) -> None:
+    """A lone surrogate can reach a query string only as bytes that are not UTF-8 (%ED%A0%80); the
+    parsed query shows them as U+FFFD, so they are looked for in the raw string."""
+    if "%" not in raw:
+        return
+    for pair in raw.split("&"):
+        name, _, value = pair.partition("=")
+        try:
+            unquote_to_bytes(name).decode("utf-8")
+        except UnicodeDecodeError:
+            raise refused(None, "bytes that are not UTF-8 text in a parameter name") from None
+        try:
+            unquote_to_bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            field = unquote_to_bytes(name).decode("utf-8", "replace")
+            raise refused(safe_name(field), "bytes that are not UTF-8 text") from None
+
+
 def check_request(request: web.Request) -> None:
     """The path, query parameters and headers of `request`; raises the first problem found."""
     if problem(request.path) is not None:
@@ -158,6 +177,7 @@ def check_request(request: web.Request) -> None:
         what = problem(name) or problem(value)
         if what is not None:
             raise refused(safe_name(name), what)
+    _check_query_bytes(request.rel_url.raw_query_string)
     for name, value in request.headers.items():
         if name.lower() == "authorization":
             check_authorization(value)
