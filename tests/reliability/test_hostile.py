@@ -628,6 +628,7 @@ async def test_hostile_headers_have_no_5xx(world: World) -> None:
         b"Basic " + base64.b64encode(b"\x00:pw"),
         b"Basic " + base64.b64encode(b"own\xffer:pw"),
         b"Basic " + base64.b64encode("\u00e9t\u00e9\x00:pw".encode()),
+        b"Basic " + base64.b64encode("\u00e9t\u00e9:pw".encode()),  # no such user: auth's own 401
     ],
 )
 async def test_credentials_that_cannot_be_real_are_401_on_every_face(
