@@ -63,28 +63,40 @@ def safe_name(name: str) -> str:
     return "".join("\ufffd" if c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF else c for c in name)[:100]
 
 
-def _walk(value: Any, path: str) -> None:
-    if isinstance(value, str):
-        what = problem(value)
-        if what is not None:
-            raise refused(path or None, what)
-    elif isinstance(value, _HugeNumber):
-        raise invalid(
-            "invalid_field",
-            f"'{path}' is a number with {value.digits} digits; send a number in the field's range.",
-            field=path or None,
-        )
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            what = problem(key)
-            name = safe_name(key)
-            where = f"{path}.{name}" if path else name
+def _short(path: str) -> str | None:
+    """A field path fit for an answer: deep ones keep their first 200 characters."""
+    return (path[:200] + "...") if len(path) > 200 else (path or None)
+
+
+def _walk(data: Any) -> None:
+    """Every key and string in `data`, depth first, without recursion (whatever depth the parser
+    took must not overflow the stack here)."""
+    todo: list[tuple[Any, str]] = [(data, "")]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, str):
+            what = problem(value)
             if what is not None:
-                raise refused(where, what)
-            _walk(item, where)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _walk(item, f"{path}[{i}]")
+                raise refused(_short(path), what)
+        elif isinstance(value, _HugeNumber):
+            raise invalid(
+                "invalid_field",
+                f"'{_short(path)}' is a number with {value.digits} digits; send a number in the "
+                "field's range.",
+                field=_short(path),
+            )
+        elif isinstance(value, dict):
+            items: list[tuple[Any, str]] = []
+            for key, item in value.items():
+                name = safe_name(key)
+                where = f"{path}.{name}" if path else name
+                what = problem(key)
+                if what is not None:
+                    raise refused(_short(where), what)
+                items.append((item, where))
+            todo.extend(reversed(items))
+        elif isinstance(value, list):
+            todo.extend((item, f"{path}[{i}]") for i, item in reversed(list(enumerate(value))))
 
 
 def loads(raw: bytes) -> Any:
@@ -99,7 +111,7 @@ def loads(raw: bytes) -> Any:
         raise invalid("invalid_json", f"The body is not valid JSON: {exc}.") from None
     except RecursionError:
         raise invalid("invalid_json", "The body is not valid JSON: it is nested too deeply.") from None
-    _walk(data, "")
+    _walk(data)
     return data
 
 

@@ -295,3 +295,13 @@ async def test_half_sent_request_headers_time_out() -> None:
         writer.close()
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("depth", [900, 990, 5000])
+async def test_deeply_nested_json_with_bad_text_is_400(gw: Client, depth: int) -> None:
+    # Parsed up to the parser's own depth limit; the text check must not overflow where it did not.
+    raw = b'{"prompt": "a cat", "x": ' + b'{"a":' * depth + b'"\\u0000"' + b"}" * depth + b"}"
+    resp = await gw.post("/api/v1/generations", data=raw, headers={**JSON, **BEARER})
+    error = await error_of(resp)
+    assert resp.status == 400 and error["code"] in ("invalid_field", "invalid_json"), error
+    assert len(error.get("field", "")) <= 203
