@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -11,15 +12,17 @@ import math
 import secrets
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import grpc
+from google.protobuf.message import Message
 
 from easel.gallery.v1 import gallery_pb2, gallery_pb2_grpc
 from services.common.blobstore import BlobNotFoundError, BlobStore
 from services.common.errors import EaselError, invalid, not_found, unavailable
+from services.common.text import check_message
 
 from . import cursor, metrics
 from .access import (
@@ -115,6 +118,25 @@ def _uuid(value: str) -> uuid.UUID | None:
         return None
 
 
+R = TypeVar("R")
+Req = TypeVar("Req", bound=Message)
+
+
+def text_checked(
+    method: Callable[[Any, Req, Context], Awaitable[R]],
+) -> Callable[[Any, Req, Context], Awaitable[R]]:
+    """Refuses a request holding a NUL character in any string (400 invalid_field naming it) before
+    the method runs: Postgres cannot store one. The gateway refuses them first; this is the store's
+    own guard for any other caller."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: Context) -> R:
+        check_message(request)
+        return await method(self, request, context)
+
+    return wrapper
+
+
 class GalleryService(gallery_pb2_grpc.GalleryServicer):
     def __init__(self, pool: asyncpg.Pool, store: BlobStore, settings: GallerySettings) -> None:
         self.pool = pool
@@ -171,6 +193,19 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         if record is None:  # deleted between the write and this read
             raise image_not_found()
         return record.to_proto()
+
+    @staticmethod
+    async def _lock_live(conn: Any, image_id: uuid.UUID, mode: str = "KEY SHARE") -> None:
+        """Locks the image row for the rest of the transaction, or answers image_not_found when it
+        is gone. Writes that point at an image (likes, reports, share links) take this first: between
+        the visibility check and the insert the owner may have deleted it, and the insert would then
+        break the foreign key; holding the lock makes a concurrent delete wait for this transaction
+        (and its cascade then removes what was just written)."""
+        if mode not in ("KEY SHARE", "NO KEY UPDATE"):
+            raise ValueError(mode)
+        found = await conn.fetchval(f"SELECT true FROM images WHERE id = $1 FOR {mode}", image_id)  # nosec B608
+        if not found:
+            raise image_not_found()
 
     def _limit(self, requested: int) -> int:
         if requested < 0:
@@ -246,6 +281,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
 
     # -- writes from workers and uploads ----------------------------------------------------------
 
+    @text_checked
     async def AddImages(
         self, request: gallery_pb2.AddImagesRequest, context: Context
     ) -> gallery_pb2.AddImagesResponse:
@@ -295,6 +331,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         by_index = {row["idx"]: ImageRecord.from_row(row).to_proto() for row in rows}
         return gallery_pb2.AddImagesResponse(images=[by_index[i] for i in indexes if i in by_index])
 
+    @text_checked
     async def UploadImage(
         self, request: gallery_pb2.UploadImageRequest, context: Context
     ) -> gallery_pb2.Image:
@@ -329,6 +366,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
 
     # -- reads --------------------------------------------------------------------------------------
 
+    @text_checked
     async def GetImage(self, request: gallery_pb2.GetImageRequest, context: Context) -> gallery_pb2.Image:
         viewer = Viewer.of(request.actor)
         return (await self._visible(request.image_id, viewer, request.share_token)).to_proto()
@@ -373,6 +411,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         if first:  # an empty object still answers with its headers
             yield gallery_pb2.ImageChunk(content_type=content_type, etag=etag, total_size=total)
 
+    @text_checked
     async def ListImages(
         self, request: gallery_pb2.ListImagesRequest, context: Context
     ) -> gallery_pb2.ListImagesResponse:
@@ -387,10 +426,15 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         if kind:
             where.append("i.kind = $4")
             args.append(kind)
+        else:
+            # Masks are inputs of inpainting jobs, not pictures: the default listing leaves them
+            # out; asking for kind "upload" still finds them (to delete them).
+            where.append("i.purpose <> 'mask'")
         return await self._page(
             f"mine:{kind}", where, args, viewer, self._limit(request.limit), request.cursor
         )
 
+    @text_checked
     async def ListPublic(
         self, request: gallery_pb2.ListPublicRequest, context: Context
     ) -> gallery_pb2.ListImagesResponse:
@@ -408,6 +452,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             order=order,
         )
 
+    @text_checked
     async def Search(
         self, request: gallery_pb2.SearchRequest, context: Context
     ) -> gallery_pb2.ListImagesResponse:
@@ -443,6 +488,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
 
     # -- owner actions ------------------------------------------------------------------------------
 
+    @text_checked
     async def UpdateImage(
         self, request: gallery_pb2.UpdateImageRequest, context: Context
     ) -> gallery_pb2.Image:
@@ -470,9 +516,19 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         if sets:
             # Only constant column names and placeholder numbers go into the text; values are arguments.
             sql = f"UPDATE images SET {', '.join(sets)}, updated_at = clock_timestamp() WHERE id = $1"  # nosec B608
-            await self.pool.execute(sql, *args)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(sql, *args)
+                if request.HasField("visibility") and args[1] == "private":
+                    # Going private ends every link for good: sharing again, or going unlisted or
+                    # public later, must not bring back links the owner meant to stop.
+                    await conn.execute(
+                        "UPDATE share_links SET revoked_at = now() "
+                        "WHERE image_id = $1 AND revoked_at IS NULL",
+                        record.id,
+                    )
         return await self._reload(record.id, viewer)
 
+    @text_checked
     async def DeleteImage(
         self, request: gallery_pb2.DeleteImageRequest, context: Context
     ) -> gallery_pb2.DeleteImageResponse:
@@ -482,6 +538,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             raise image_not_found()
         return gallery_pb2.DeleteImageResponse()
 
+    @text_checked
     async def CreateShareLink(
         self, request: gallery_pb2.CreateShareLinkRequest, context: Context
     ) -> gallery_pb2.ShareLink:
@@ -495,6 +552,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             )
         token = secrets.token_urlsafe(24)
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._lock_live(conn, record.id, "NO KEY UPDATE")
             created = await conn.fetchval(
                 "INSERT INTO share_links (token_hash, image_id, created_by) VALUES ($1, $2, $3) "
                 "RETURNING created_at",
@@ -513,6 +571,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         link.created_at.FromDatetime(created)
         return link
 
+    @text_checked
     async def RevokeShareLink(
         self, request: gallery_pb2.RevokeShareLinkRequest, context: Context
     ) -> gallery_pb2.RevokeShareLinkResponse:
@@ -534,6 +593,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             )
         return gallery_pb2.RevokeShareLinkResponse()
 
+    @text_checked
     async def ResolveShareLink(
         self, request: gallery_pb2.ResolveShareLinkRequest, context: Context
     ) -> gallery_pb2.Image:
@@ -557,9 +617,11 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
 
     # -- community ----------------------------------------------------------------------------------
 
+    @text_checked
     async def Like(self, request: gallery_pb2.LikeRequest, context: Context) -> gallery_pb2.Image:
         return await self._like(request, like=True)
 
+    @text_checked
     async def Unlike(self, request: gallery_pb2.LikeRequest, context: Context) -> gallery_pb2.Image:
         return await self._like(request, like=False)
 
@@ -569,6 +631,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
             raise sign_in_required("like images")
         record = await self._visible(request.image_id, viewer)
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._lock_live(conn, record.id, "NO KEY UPDATE")
             if like:
                 changed = await conn.fetchval(
                     "INSERT INTO likes (image_id, user_id) VALUES ($1, $2) "
@@ -590,6 +653,7 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
                 )
         return await self._reload(record.id, viewer)
 
+    @text_checked
     async def Report(
         self, request: gallery_pb2.ReportRequest, context: Context
     ) -> gallery_pb2.ReportResponse:
@@ -600,16 +664,19 @@ class GalleryService(gallery_pb2_grpc.GalleryServicer):
         if len(reason) > MAX_REASON:
             raise invalid("reason_too_long", f"Say it in at most {MAX_REASON} characters.", "reason")
         record = await self._visible(request.image_id, viewer)
-        await self.pool.execute(
-            "INSERT INTO reports (image_id, reporter_id, reason) VALUES ($1, $2, $3) "
-            "ON CONFLICT (image_id, reporter_id) DO UPDATE SET reason = EXCLUDED.reason, "
-            "created_at = now(), resolved_at = NULL",
-            record.id,
-            viewer.user_id,
-            reason,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._lock_live(conn, record.id)
+            await conn.execute(
+                "INSERT INTO reports (image_id, reporter_id, reason) VALUES ($1, $2, $3) "
+                "ON CONFLICT (image_id, reporter_id) DO UPDATE SET reason = EXCLUDED.reason, "
+                "created_at = now(), resolved_at = NULL",
+                record.id,
+                viewer.user_id,
+                reason,
+            )
         return gallery_pb2.ReportResponse()
 
+    @text_checked
     async def Hide(self, request: gallery_pb2.HideRequest, context: Context) -> gallery_pb2.Image:
         viewer = Viewer.of(request.actor)
         if not viewer.is_admin:

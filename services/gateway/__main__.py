@@ -9,12 +9,11 @@ import signal
 from aiohttp import web
 
 from services.common.config import SettingsError, load_settings
-from services.common.logs import setup_logging
-from services.common.process import run
-from services.common.telemetry import setup_tracing
+from services.common.process import run, setup_process
 
 from .app import create_app
 from .middleware import drain
+from .server import make_runner
 from .settings import GatewaySettings
 
 log = logging.getLogger("services.gateway")
@@ -22,9 +21,8 @@ log = logging.getLogger("services.gateway")
 
 async def main() -> None:
     settings = load_settings(GatewaySettings)
-    setup_logging("gateway", settings.log_level)
-    setup_tracing("gateway")
-    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    setup_process("gateway", settings)  # logging, tracing, and /metrics on its own (loopback) port
+    runner = make_runner(create_app(settings), settings)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     try:

@@ -16,7 +16,7 @@ from . import serialize
 from .bodies import INT64_MAX, Body, query_int, read_json
 from .clients import CLIENTS
 from .principal import actor_of, needs_scope, require_principal
-from .sse import EventStream
+from .sse import EventStream, limited_stream
 from .urls import settings_of
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def last_event_id(request: web.Request) -> int:
 
 @routes.get("/api/v1/jobs/{job_id}/events")
 @needs_scope("generate")
+@limited_stream
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events from WatchJob until the job ends. `id:` is the event's seq; a reconnect
     with Last-Event-ID gets only what it has not seen, and 204 (EventSource then stops) when the job

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import prometheus_client
 from aiohttp import web
 
 from . import (
@@ -51,15 +50,6 @@ async def readyz(request: web.Request) -> web.Response:
             {"error": {"code": "not_ready", "message": message}, "services": statuses}, status=503
         )
     return web.json_response({"status": "ready", "services": statuses})
-
-
-@routes.get("/metrics")
-@no_auth
-async def metrics(request: web.Request) -> web.Response:
-    body = await asyncio.to_thread(prometheus_client.generate_latest)
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = prometheus_client.CONTENT_TYPE_LATEST
-    return resp
 
 
 @routes.get("/api/v1/openapi.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -10,14 +9,12 @@ from aiohttp import web
 
 from services.common.errors import EaselError, invalid
 
+from . import textcheck
+
 JSON_TYPES = ("application/json",)
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 INT32_MIN = -(2**31)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
 
 
 async def read_json(request: web.Request, required: bool = True) -> Body:
@@ -31,14 +28,7 @@ async def read_json(request: web.Request, required: bool = True) -> Body:
     ctype = request.content_type
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise web.HTTPUnsupportedMediaType()  # answered as JSON 415 unsupported_media_type
-    try:
-        data = json.loads(raw, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid("invalid_json", f"The body is not valid JSON ({exc}); fix the syntax.") from None
-    except ValueError as exc:  # NaN or Infinity: Python's parser takes them, JSON has no such thing
-        raise invalid("invalid_json", f"The body is not valid JSON: {exc}.") from None
-    except RecursionError:
-        raise invalid("invalid_json", "The body is not valid JSON: it is nested too deeply.") from None
+    data = textcheck.loads(raw)  # the one JSON decoder of bodies: syntax, numbers, NUL, surrogates
     if not isinstance(data, dict):
         raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
     return Body(data)

@@ -36,6 +36,7 @@ from easel.inference.v1 import inference_pb2
 from services.common.errors import EaselError, invalid, unauthenticated, unavailable
 from services.common.grpc_client import stream_user_errors, user_errors
 
+from . import textcheck
 from .api_jobs import SHUTTING_DOWN
 from .bodies import Body
 from .clients import CLIENTS
@@ -93,6 +94,7 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, lis
         raise invalid(
             "invalid_form", "The form body could not be read; send well-formed multipart/form-data."
         ) from None
+    textcheck.check_form(form)
     fields: dict[str, str] = {}
     files: dict[str, list[web.FileField]] = {}
     for name, value in form.items():

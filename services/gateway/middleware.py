@@ -43,6 +43,7 @@ from .principal import (
     scope_of,
 )
 from .render import render
+from .textcheck import text_middleware
 from .urls import cookie_secure, is_secure, wants_json
 
 log = logging.getLogger(__name__)
@@ -394,6 +395,7 @@ MIDDLEWARES = [
     request_id_middleware,
     metrics_middleware,
     error_middleware,
+    text_middleware,
     auth_middleware,
     ratelimit_middleware,
     csrf_middleware,

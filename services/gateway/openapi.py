@@ -466,14 +466,6 @@ PATHS: dict[str, dict[str, Schema]] = {
             security=NONE,
         )
     },
-    "/metrics": {
-        "get": op(
-            "Prometheus metrics",
-            "operations",
-            {"200": {"description": "Text exposition format.", "content": {"text/plain": {"schema": STR}}}},
-            security=NONE,
-        )
-    },
     "/api/v1/openapi.json": {
         "get": op(
             "This document",

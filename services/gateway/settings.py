@@ -23,6 +23,11 @@ class GatewaySettings(CommonSettings):
     ready_timeout_s: float = Field(default=2.0, gt=0)
     # Seconds between keep-alive comments on an idle server-sent event stream.
     sse_keepalive_s: float = Field(default=15.0, gt=0)
+    # Open server-sent event streams one user may hold on one gateway process; the next one is a 429.
+    sse_max_streams_per_user: int = Field(default=16, ge=1)
+    # Seconds a connection may stay open without a whole request: a client that sends half a request
+    # line or half its headers (or nothing, or nothing more after an answer) is cut off after this.
+    http_idle_timeout_s: float = Field(default=15.0, gt=0, le=3600)
     # Largest request body accepted, in bytes.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Request rate limits (token buckets in this process): signed-in callers per user, anonymous

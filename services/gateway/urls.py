@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from urllib.parse import quote
 
 from aiohttp import web
@@ -35,12 +36,23 @@ def cookie_secure(request: web.Request) -> bool:
     return bool(setting)
 
 
+def default_origin(settings: GatewaySettings) -> str:
+    """Where the gateway listens, as `make run` prints it (http://127.0.0.1:8080); an address that
+    listens everywhere (0.0.0.0, ::) is reached on loopback."""
+    host = settings.http_host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):  # nosec B104  # compared, not bound
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http_port}"
+
+
 def base_url(request: web.Request) -> str:
-    """The studio's origin as the client sees it, without a trailing slash."""
-    public = settings_of(request).public_url
-    if public:
-        return public
-    return f"{forwarded_proto(request)}://{request.host}"
+    """The studio's origin for absolute links (share links, image URLs), without a trailing slash:
+    EASEL_PUBLIC_URL, else where the gateway listens. Never the request's Host or X-Forwarded-*
+    headers: whoever sends a request must not choose the links the studio hands out."""
+    settings = settings_of(request)
+    return settings.public_url or default_origin(settings)
 
 
 def image_file_url(request: web.Request, image_id: str, thumb: bool = False, absolute: bool = True) -> str:
@@ -71,8 +83,22 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+# What may stay as it is in a redirect target; everything else is percent-encoded.
+_PATH_SAFE = "/?&=%:@!$'()*+,;~#-._"
+
+
 def safe_next(value: str | None) -> str:
-    """A same-site path to go to after logging in; anything else becomes the home page."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """A same-site path to go to after logging in; anything else becomes the home page.
+
+    Browsers drop tabs and newlines from URLs (so `/\t/evil.example` would become the off-site
+    `//evil.example`) and read a backslash as a slash; a newline in a Location header cannot even be
+    sent. So: a single leading slash, no backslash, no control, format or line-separator character;
+    what remains (spaces, non-ASCII letters) is percent-encoded."""
+    if not value or not value.startswith("/") or value[1:2] in ("/", "\\") or "\\" in value:
         return "/"
-    return value
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value):
+        return "/"
+    return quote(value, safe=_PATH_SAFE)
+
+
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})

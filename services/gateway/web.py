@@ -15,7 +15,7 @@ from easel.inference.v1 import inference_pb2
 from services.common.errors import EaselError, invalid
 from services.common.grpc_client import user_errors
 
-from . import csrf, serialize
+from . import csrf, serialize, textcheck
 from .api_auth import clear_session_cookie, set_session_cookie
 from .api_images import (
     MAX_REASON,
@@ -56,11 +56,13 @@ def redirect(location: str) -> web.Response:
 async def read_form(request: web.Request) -> Any:
     """The posted form; a body that is not a readable form is a 400, never a 500."""
     try:
-        return await request.post()
+        form = await request.post()
     except (HttpProcessingError, ValueError, LookupError):  # bad part headers, bytes or charset
         raise invalid(
             "invalid_form", "The form could not be read; reload the page and send it again."
         ) from None
+    textcheck.check_form(form)
+    return form
 
 
 def _form_str(form: Any, name: str, limit: int = 1000) -> str:

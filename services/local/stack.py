@@ -39,7 +39,7 @@ DEFS: dict[str, ServiceDef] = {
     "gallery": ServiceDef("gallery", "services.gallery", 50052, 9102),
     "inference-api": ServiceDef("inference-api", "services.inference.api", 50053, 9103),
     "inference-worker": ServiceDef("inference-worker", "services.inference.worker", None, 9104),
-    "gateway": ServiceDef("gateway", "services.gateway", None, None, 8080),
+    "gateway": ServiceDef("gateway", "services.gateway", None, 9105, 8080),
 }
 
 
@@ -185,8 +185,6 @@ class Stack:
         return f"127.0.0.1:{self.ports.grpc[name]}"
 
     def metrics_url(self, name: str) -> str:
-        if name == "gateway":
-            return f"{self.gateway_url}/metrics"
         return f"http://127.0.0.1:{self.ports.metrics[name]}/metrics"
 
     def env_for(self, name: str) -> dict[str, str]:

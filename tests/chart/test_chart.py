@@ -157,6 +157,8 @@ def test_services_listen_on_all_interfaces_and_find_each_other(default_docs: lis
 
     gw = env("gateway")
     assert gw["EASEL_HTTP_HOST"] == "0.0.0.0" and gw["EASEL_HTTP_PORT"] == "8080"
+    # /metrics has its own port, never the public one.
+    assert gw["EASEL_METRICS_HOST"] == "0.0.0.0" and gw["EASEL_METRICS_PORT"] == "9105"
     assert gw["EASEL_AUTH_TARGET"] == "easel-auth:50051"
     assert gw["EASEL_GALLERY_TARGET"] == "easel-gallery:50052"
     assert gw["EASEL_INFERENCE_TARGET"] == "easel-inference-api:50053"
@@ -445,7 +447,14 @@ def test_network_policies_admit_only_the_listed_callers(rendered: tuple[str, lis
         "inference-api": ["gateway"],
     }
     grpc_ports = {"auth": 50051, "gallery": 50052, "inference-api": 50053}
-    metrics_ports = {"auth": 9101, "gallery": 9102, "inference-api": 9103, "inference-worker": 9104}
+    metrics_ports = {
+        "gateway": 9105,
+        "auth": 9101,
+        "gallery": 9102,
+        "inference-api": 9103,
+        "inference-worker": 9104,
+    }
+    other_ports = {**grpc_ports, "gateway": 8080}  # the gateway's public port: see below
     for component in (*COMPONENTS, "migrations", "model-prefetch"):
         policy = policies[name(component)]
         assert _selects(policy["spec"]["podSelector"], component)
@@ -465,7 +474,7 @@ def test_network_policies_admit_only_the_listed_callers(rendered: tuple[str, lis
         peers = _admitted(policy, port)
         assert peers and all(set(p) == {"namespaceSelector"} for p in peers), (label, component)
         ports = {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]}
-        assert ports == ({port, grpc_ports[component]} if component in grpc_ports else {port}), component
+        assert ports == ({port, other_ports[component]} if component in other_ports else {port}), component
     # Nothing reaches the workers or the Jobs but Prometheus.
     for component in ("migrations", "model-prefetch"):
         assert policies[name(component)]["spec"]["ingress"] == []
@@ -534,6 +543,7 @@ def test_service_monitors_cover_every_metrics_port(
         port_names = {p["name"] for p in service["spec"]["ports"]}
         endpoint = monitor["spec"]["endpoints"][0]
         assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
+        assert endpoint["port"] == "metrics", component  # the gateway's public port serves no metrics
         assert _selects(monitor["spec"]["selector"], component)
 
 

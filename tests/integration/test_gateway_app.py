@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import prometheus_client
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -213,11 +214,11 @@ async def test_openapi_is_valid_and_covers_every_route(down: Client) -> None:
     assert openapi.document() == doc
 
 
-async def test_metrics_use_route_templates(down: Client) -> None:
+async def test_metrics_use_route_templates_and_are_not_on_the_public_port(down: Client) -> None:
     await down.get("/api/v1/jobs/some-job-id-123")
     resp = await down.get("/metrics")
-    assert resp.status == 200
-    text = await resp.text()
+    assert resp.status == 404  # served on EASEL_METRICS_PORT (loopback by default), not here
+    text = prometheus_client.generate_latest().decode()
     assert 'easel_http_requests_total{method="GET",route="/api/v1/jobs/{job_id}",status="401"}' in text
     assert "some-job-id-123" not in text
     assert "easel_http_request_latency_seconds_bucket" in text
