@@ -1,9 +1,10 @@
-"""Protobuf messages → the JSON shapes of the public API (documented in openapi.py)."""
+"""Protobuf messages → the answers of the public API, typed by the TypedDicts in models.py (which
+the OpenAPI document is generated from): mypy holds each builder to its documented shape."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,10 +12,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from easel.auth.v1 import auth_pb2
 from easel.gallery.v1 import gallery_pb2
 from easel.inference.v1 import inference_pb2
+from services.common import limits
 
+from . import models
 from .urls import image_file_url, shared_file_url
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TERMINAL = limits.TERMINAL_STATUSES
 
 
 def timestamp(msg: Any, name: str) -> str | None:
@@ -37,7 +40,7 @@ def params(params_json: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def user(u: auth_pb2.User) -> dict[str, Any]:
+def user(u: auth_pb2.User) -> models.User:
     return {
         "id": u.id,
         "username": u.username,
@@ -47,7 +50,7 @@ def user(u: auth_pb2.User) -> dict[str, Any]:
     }
 
 
-def api_key(k: auth_pb2.ApiKey) -> dict[str, Any]:
+def api_key(k: auth_pb2.ApiKey) -> models.ApiKey:
     return {
         "id": k.id,
         "name": k.name,
@@ -58,10 +61,10 @@ def api_key(k: auth_pb2.ApiKey) -> dict[str, Any]:
     }
 
 
-def job(request: web.Request, j: inference_pb2.Job) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def job(request: web.Request, j: inference_pb2.Job) -> models.Job:
+    out: models.Job = {
         "id": j.id,
-        "status": j.status,
+        "status": cast("models.JobStatus", j.status),
         "kind": j.kind,
         "model": j.model,
         "progress": {"step": j.step, "steps": j.steps},
@@ -89,7 +92,7 @@ def job(request: web.Request, j: inference_pb2.Job) -> dict[str, Any]:
 
 def image(
     request: web.Request, img: gallery_pb2.Image, share_token: str | None = None, absolute: bool = True
-) -> dict[str, Any]:
+) -> models.Image:
     if share_token:
         url = shared_file_url(request, share_token, absolute=absolute)
         thumb = shared_file_url(request, share_token, thumb=True, absolute=absolute)
@@ -119,14 +122,14 @@ def image(
 
 def image_page(
     request: web.Request, resp: gallery_pb2.ListImagesResponse, absolute: bool = True
-) -> dict[str, Any]:
+) -> models.ImagePage:
     return {
         "items": [image(request, img, absolute=absolute) for img in resp.items],
         "next_cursor": resp.next_cursor or None,
     }
 
 
-def model(m: inference_pb2.ModelInfo) -> dict[str, Any]:
+def model(m: inference_pb2.ModelInfo) -> models.Model:
     return {
         "name": m.name,
         "family": m.family,
@@ -141,3 +144,8 @@ def model(m: inference_pb2.ModelInfo) -> dict[str, Any]:
         "max_size": m.max_size,
         "samplers": list(m.samplers),
     }
+
+
+def empty_chunk() -> gallery_pb2.ImageChunk:
+    """What a file stream that sent nothing is read as: no bytes, no ETag, PNG by default."""
+    return gallery_pb2.ImageChunk()

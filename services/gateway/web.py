@@ -16,8 +16,8 @@ from services.common.errors import EaselError, invalid
 from services.common.grpc_client import user_errors
 
 from . import csrf, serialize
-from .api_auth import clear_session_cookie, set_session_cookie
-from .api_images import (
+from .api.auth import clear_session_cookie, set_session_cookie
+from .api.images import (
     MAX_REASON,
     VISIBILITIES,
     create_share_link,
@@ -220,7 +220,7 @@ async def _models(request: web.Request) -> tuple[list[dict[str, Any]], str]:
             found = await request.app[CLIENTS].inference.ListModels(inference_pb2.ListModelsRequest())
     except EaselError as exc:
         return [], exc.message
-    models = [serialize.model(m) for m in found.models]
+    models: list[dict[str, Any]] = [dict(serialize.model(m)) for m in found.models]
     if not models:
         return [], "No models are installed yet; run 'make models' and restart the studio."
     return models, ""
@@ -236,7 +236,7 @@ async def generate_page(request: web.Request) -> web.Response:
     remix: dict[str, Any] | None = None
     remix_id = request.query.get("remix", "")[:200]
     if remix_id:
-        remix = serialize.image(request, await fetch_image(request, remix_id), absolute=False)
+        remix = dict(serialize.image(request, await fetch_image(request, remix_id), absolute=False))
         params = remix["params"]
         values = {k: params[k] for k in REMIX_KEYS if isinstance(params.get(k), str | int | float)}
         values["model"] = params.get("model") or ""

@@ -1,0 +1,76 @@
+"""Health, readiness, metrics and the OpenAPI document itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+import prometheus_client
+from aiohttp import web
+
+from .. import models, openapi
+from ..registry import REST, Call
+
+OPS = "operations"
+
+
+@REST.op("GET", "/healthz", "The process is alive", OPS, answer=models.Health, auth="none")
+async def healthz(call: Call[None]) -> models.Health:
+    """The process is alive and answering."""
+    return {"status": "ok"}
+
+
+NOT_READY = {
+    "503": {
+        "description": "Some backend is not serving; the message names it.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NotReady"}}},
+    }
+}
+
+
+@REST.op(
+    "GET",
+    "/readyz",
+    "Ready to serve: auth, gallery and inference all report SERVING",
+    OPS,
+    answer=models.Ready,
+    auth="none",
+    responses=NOT_READY,
+)
+async def readyz(call: Call[None]) -> web.Response:
+    """Ready only when auth, gallery and inference all report SERVING on the standard health check."""
+    statuses = await call.backend.health(call.state.settings.ready_timeout_s)
+    down = [name for name, status in statuses.items() if status != "SERVING"]
+    if down:
+        verb = "is" if len(down) == 1 else "are"
+        message = f"Not ready: {', '.join(down)} {verb} not serving; start or check those services."
+        not_ready: models.NotReady = {
+            "error": {"code": "not_ready", "message": message},
+            "services": statuses,
+        }
+        return web.json_response(not_ready, status=503)
+    ready: models.Ready = {"status": "ready", "services": statuses}
+    return web.json_response(ready)
+
+
+METRICS = {
+    "200": {
+        "description": "Text exposition format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@REST.op("GET", "/metrics", "Prometheus metrics", OPS, auth="none", responses=METRICS)
+async def metrics(call: Call[None]) -> web.Response:
+    body = await asyncio.to_thread(prometheus_client.generate_latest)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = prometheus_client.CONTENT_TYPE_LATEST
+    return resp
+
+
+DOCUMENT = {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {}}}}}
+
+
+@REST.op("GET", "/api/v1/openapi.json", "This document", "meta", auth="none", responses=DOCUMENT)
+async def openapi_json(call: Call[None]) -> web.Response:
+    return web.Response(body=openapi.document_bytes(), content_type="application/json")
