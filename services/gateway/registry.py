@@ -212,6 +212,23 @@ class Registry:
         ]
 
 
+class Area:
+    """The operations of one part of the API: their tag, and the scope and auth they share unless
+    an operation says otherwise."""
+
+    def __init__(
+        self, registry: Registry, tag: str, scope: str | None = None, auth: AuthNeed = "required"
+    ) -> None:
+        self.registry, self.tag, self.scope, self.auth = registry, tag, scope, auth
+
+    def op(
+        self, method: str, path: str, summary: str, answer: Any = None, **spec: Any
+    ) -> Callable[[Handler], Handler]:
+        spec.setdefault("scope", self.scope)
+        spec.setdefault("auth", self.auth)
+        return self.registry.op(method, path, summary, self.tag, answer=answer, **spec)
+
+
 REST = Registry()
 
-__all__ = ["REST", "Call", "Operation", "Param", "Registry"]
+__all__ = ["REST", "Area", "Call", "Operation", "Param", "Registry"]

@@ -12,9 +12,27 @@ from services.common.errors import invalid
 
 from .. import models, serialize
 from ..principal import SESSION_COOKIE
-from ..registry import REST, Call
+from ..registry import REST, Area, Call
 from ..urls import client_address, cookie_secure
-from .params import KEY_ID
+from .params import BODY, CHANGE, KEY_ID, READ
+
+AUTH = Area(REST, "auth")
+KEYS = Area(REST, "keys", scope="account")
+TAKEN = "The username or email is taken (`username_taken`, `email_taken`)."
+COOKIE = {"Set-Cookie": "easel_session; HttpOnly; SameSite=Lax"}
+LOGIN_NOTES = {
+    401: "Wrong username or password (`invalid_credentials`).",
+    429: "Too many failed attempts (`login_throttled`); wait for Retry-After seconds.",
+}
+LOGOUT = "The token is dead from the next request on; the session cookie is cleared."
+PASSWORD = (
+    "Every other session of the account ends; the one making the change stays. API keys are left alone."
+)
+PASSWORD_NOTES = {
+    400: "A field is missing, the current password is wrong (`wrong_password`) or the new one breaks the "
+    "password rules; `field` names it.",
+    409: "Changed by another request at the same moment; try again.",
+}
 
 
 def set_session_cookie(request: web.Request, resp: web.StreamResponse, login: auth_pb2.LoginResponse) -> None:
@@ -36,39 +54,22 @@ def clear_session_cookie(request: web.Request, resp: web.StreamResponse) -> None
     resp.del_cookie(SESSION_COOKIE, path="/", secure=cookie_secure(request), samesite="Lax")
 
 
-@REST.op(
-    "POST",
-    "/api/v1/auth/register",
-    "Create an account",
-    "auth",
-    body=models.RegisterRequest,
-    answer=models.RegisterResponse,
-    status=201,
-    errors=(400, 409, 415, 429, 503),
-    auth="none",
-    notes={409: "The username or email is taken (`username_taken`, `email_taken`)."},
-)
+@AUTH.op(
+    "POST", "/api/v1/auth/register", "Create an account", models.RegisterResponse,
+    body=models.RegisterRequest, status=201, errors=(400, 409, 415, 429, 503), auth="none",
+    notes={409: TAKEN},
+)  # fmt: skip
 async def register(call: Call[models.RegisterRequest]) -> models.RegisterResponse:
     b = call.body
     user = await call.backend.register(b.username, b.email, b.password, client_address(call.request))
     return {"user": serialize.user(user)}
 
 
-@REST.op(
-    "POST",
-    "/api/v1/auth/login",
-    "Log in with a username or email and a password",
-    "auth",
-    body=models.LoginRequest,
-    answer=models.LoginResponse,
-    errors=(400, 401, 415, 429, 503),
-    auth="none",
-    headers={"Set-Cookie": "easel_session; HttpOnly; SameSite=Lax"},
-    notes={
-        401: "Wrong username or password (`invalid_credentials`).",
-        429: "Too many failed attempts (`login_throttled`); wait for Retry-After seconds.",
-    },
-)
+@AUTH.op(
+    "POST", "/api/v1/auth/login", "Log in with a username or email and a password", models.LoginResponse,
+    body=models.LoginRequest, errors=(400, 401, 415, 429, 503), auth="none", headers=COOKIE,
+    notes=LOGIN_NOTES,
+)  # fmt: skip
 async def login(call: Call[models.LoginRequest]) -> web.Response:
     """Logged in; the session cookie `easel_session` is set too."""
     name = (call.body.username or call.body.email or "").strip()
@@ -86,15 +87,10 @@ async def login(call: Call[models.LoginRequest]) -> web.Response:
     return resp
 
 
-@REST.op(
-    "POST",
-    "/api/v1/auth/logout",
-    "End the session (or token) this request used",
-    "auth",
-    status=204,
-    errors=(401, 403, 503),
-    description="The token is dead from the next request on; the session cookie is cleared.",
-)
+@AUTH.op(
+    "POST", "/api/v1/auth/logout", "End the session (or token) this request used", status=204,
+    errors=(401, 403, 503), description=LOGOUT,
+)  # fmt: skip
 async def logout(call: Call[None]) -> web.Response:
     await call.backend.logout(call.principal.token)
     resp = web.Response(status=204)
@@ -103,7 +99,7 @@ async def logout(call: Call[None]) -> web.Response:
     return resp
 
 
-@REST.op("GET", "/api/v1/auth/me", "Who am I", "auth", answer=models.Me, errors=(401, 503))
+@AUTH.op("GET", "/api/v1/auth/me", "Who am I", models.Me, errors=READ)
 async def me(call: Call[None]) -> models.Me:
     p = call.principal
     found = await call.backend.get_user(p.user_id)
@@ -122,38 +118,18 @@ async def change_password(request: web.Request, current: str, new: str) -> None:
     await call.backend.change_password(principal.user_id, current, new, keep)
 
 
-@REST.op(
-    "POST",
-    "/api/v1/auth/password",
-    "Change my password",
-    "auth",
-    body=models.PasswordChange,
-    status=204,
-    errors=(400, 401, 403, 409, 415, 429, 503),
-    scope="account",
-    notes={
-        400: "A field is missing, the current password is wrong (`wrong_password`) or the new one breaks "
-        "the password rules; `field` names it.",
-        409: "Changed by another request at the same moment; try again.",
-    },
-    description="Every other session of the account ends; the one making the change stays. "
-    "API keys are left alone.",
-)
+@AUTH.op(
+    "POST", "/api/v1/auth/password", "Change my password", body=models.PasswordChange, status=204,
+    errors=(*BODY, 409, 429), scope="account", notes=PASSWORD_NOTES, description=PASSWORD,
+)  # fmt: skip
 async def password(call: Call[models.PasswordChange]) -> None:
     await change_password(call.request, call.body.current_password, call.body.new_password)
 
 
-@REST.op(
-    "POST",
-    "/api/v1/keys",
-    "Create an API key",
-    "keys",
-    body=models.CreateApiKeyRequest,
-    answer=models.ApiKeyCreated,
-    status=201,
-    errors=(400, 401, 403, 415, 503),
-    scope="account",
-)
+@KEYS.op(
+    "POST", "/api/v1/keys", "Create an API key", models.ApiKeyCreated, body=models.CreateApiKeyRequest,
+    status=201, errors=BODY,
+)  # fmt: skip
 async def create_key(call: Call[models.CreateApiKeyRequest]) -> models.ApiKeyCreated:
     """Created; `key` is shown only this once."""
     b = call.body
@@ -164,28 +140,11 @@ async def create_key(call: Call[models.CreateApiKeyRequest]) -> models.ApiKeyCre
     return {**serialize.api_key(created.key), "key": created.secret}
 
 
-@REST.op(
-    "GET",
-    "/api/v1/keys",
-    "List my API keys",
-    "keys",
-    answer=models.ApiKeyList,
-    errors=(401, 503),
-    scope="account",
-)
+@KEYS.op("GET", "/api/v1/keys", "List my API keys", models.ApiKeyList, errors=READ)
 async def list_keys(call: Call[None]) -> models.ApiKeyList:
     return {"items": [serialize.api_key(k) for k in await call.backend.list_api_keys(call.principal.user_id)]}
 
 
-@REST.op(
-    "DELETE",
-    "/api/v1/keys/{key_id}",
-    "Revoke an API key",
-    "keys",
-    status=204,
-    errors=(401, 403, 404, 503),
-    params=(KEY_ID,),
-    scope="account",
-)
+@KEYS.op("DELETE", "/api/v1/keys/{key_id}", "Revoke an API key", status=204, errors=CHANGE, params=(KEY_ID,))
 async def revoke_key(call: Call[None]) -> None:
     await call.backend.revoke_api_key(call.principal.user_id, call.path("key_id"))

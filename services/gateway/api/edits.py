@@ -22,10 +22,10 @@ from .. import models, serialize
 from ..bodies import read_json
 from ..fields import parse
 from ..principal import Principal
-from ..registry import REST, Call
+from ..registry import REST, Area, Call
 from ..state import state_of
-from .jobs import QUOTA, accepted, generation_params, idempotency_key
-from .params import IDEMPOTENCY_KEY
+from .jobs import LOCATION, QUOTA, accepted, generation_params, idempotency_key
+from .params import BODY, IDEMPOTENCY_KEY
 from .uploads import decode_base64, file_bytes, is_multipart, read_form, typed_form, with_upload_limit
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,15 @@ def edit_prompt(body: models.EditRequest, default_prompt: str | None) -> str:
     raise invalid("missing_field", "'prompt' must not be empty.", field="prompt")
 
 
+EDITS = Area(REST, "jobs", scope="generate")
+EDIT_NOTES = {
+    400: "A missing or wrong field (`missing_image`, `missing_mask`, `invalid_kind`, `not_an_image`, "
+    "`image_too_large`, ...); `field` names it.",
+    404: "No such model, or image_id / mask_id is not an image you can see.",
+    409: "The Idempotency-Key was used before for a different request.",
+    415: "Send multipart/form-data or JSON.",
+    429: QUOTA,
+}
 EDIT_BODY = {
     "required": True,
     "content": {
@@ -221,27 +230,11 @@ EDIT_BODY = {
 }
 
 
-@REST.op(
-    "POST",
-    "/api/v1/edits",
-    "Edit an image: img2img, inpaint, upscale or variation (queues a job)",
-    "jobs",
-    answer=models.JobEnvelope,
-    status=202,
-    errors=(400, 401, 403, 404, 409, 413, 415, 429, 503),
-    params=(IDEMPOTENCY_KEY,),
-    scope="generate",
-    body_doc=EDIT_BODY,
-    headers={"Location": "/api/v1/jobs/{id}"},
-    notes={
-        400: "A missing or wrong field (`missing_image`, `missing_mask`, `invalid_kind`, `not_an_image`, "
-        "`image_too_large`, ...); `field` names it.",
-        404: "No such model, or image_id / mask_id is not an image you can see.",
-        409: "The Idempotency-Key was used before for a different request.",
-        415: "Send multipart/form-data or JSON.",
-        429: QUOTA,
-    },
-)
+@EDITS.op(
+    "POST", "/api/v1/edits", "Edit an image: img2img, inpaint, upscale or variation (queues a job)",
+    models.JobEnvelope, status=202, errors=(*BODY, 404, 409, 413, 429), params=(IDEMPOTENCY_KEY,),
+    body_doc=EDIT_BODY, headers=LOCATION, notes=EDIT_NOTES,
+)  # fmt: skip
 async def create_edit(call: Call[None]) -> models.JobEnvelope:
     """Accepted; follow the job at Location or its /events."""
     principal = call.principal

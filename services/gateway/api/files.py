@@ -10,7 +10,7 @@ from services.common.errors import EaselError
 
 from .. import models, serialize
 from ..principal import actor_of
-from ..registry import REST, Call
+from ..registry import REST, Area, Call
 from ..render import render
 from ..state import state_of
 from ..urls import wants_json
@@ -18,6 +18,8 @@ from .images import share_url
 from .params import IF_NONE_MATCH, IMAGE_ID, SHARE_TOKEN, SIZE
 
 CACHE_FOREVER = "private, max-age=31536000, immutable"
+FILES = Area(REST, "images", scope="images:read", auth="optional")
+SHARED = Area(REST, "images", auth="optional")
 EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg"}
 _STRING = {"type": "string"}
 PNG = {
@@ -116,30 +118,16 @@ async def stream_image(request: web.Request, image_id: str, share_token: str = "
         return resp
 
 
-@REST.op(
-    "GET",
-    "/api/v1/images/{image_id}/file",
-    "The image file (PNG)",
-    "images",
-    errors=(400, 401, 404, 503),
-    params=(IMAGE_ID, SIZE, IF_NONE_MATCH),
-    scope="images:read",
-    auth="optional",
-    responses=PNG,
-)
+@FILES.op(
+    "GET", "/api/v1/images/{image_id}/file", "The image file (PNG)", errors=(400, 401, 404, 503),
+    params=(IMAGE_ID, SIZE, IF_NONE_MATCH), responses=PNG,
+)  # fmt: skip
 async def image_file(call: Call[None]) -> web.StreamResponse:
     return await stream_image(call.request, call.path("image_id"))
 
 
-@REST.op(
-    "GET",
-    "/s/{token}",
-    "Open a share link",
-    "images",
-    errors=(503,),
-    params=(SHARE_TOKEN,),
-    auth="optional",
-    responses=SHARED_PAGE,
+@SHARED.op(
+    "GET", "/s/{token}", "Open a share link", errors=(503,), params=(SHARE_TOKEN,), responses=SHARED_PAGE
 )
 async def open_share(call: Call[None]) -> web.Response:
     token = call.path("token")
@@ -151,16 +139,10 @@ async def open_share(call: Call[None]) -> web.Response:
     return render(call.request, "shared.html", image=data, share_url=share_url(call.request, token))
 
 
-@REST.op(
-    "GET",
-    "/s/{token}/file",
-    "The shared image file",
-    "images",
-    errors=(503,),
-    params=(SHARE_TOKEN, SIZE, IF_NONE_MATCH),
-    auth="none",
-    responses={**PNG, "404": LINK_GONE},
-)
+@SHARED.op(
+    "GET", "/s/{token}/file", "The shared image file", errors=(503,),
+    params=(SHARE_TOKEN, SIZE, IF_NONE_MATCH), auth="none", responses={**PNG, "404": LINK_GONE},
+)  # fmt: skip
 async def shared_file(call: Call[None]) -> web.StreamResponse:
     token = call.path("token")
     img = await call.backend.resolve_share_link(token)

@@ -11,32 +11,30 @@ from services.common.errors import EaselError, invalid
 
 from .. import models, serialize
 from ..principal import actor_of, principal_of, require_principal
-from ..registry import REST, Call
+from ..registry import REST, Area, Call
 from ..state import state_of
 from ..urls import base_url
-from .params import IMAGE_ID, LIMIT, MINE, ORDER, PAGED, QUERY, REVOKE_TOKEN
+from .params import CHANGE, IMAGE_ID, LIMIT, LIST, MINE, ONE, ORDER, PAGED, QUERY, REVOKE_TOKEN
+
+IMAGES = Area(REST, "images", scope="images:read")
+# Anonymous callers welcome (a credential sent is still checked).
+PUBLIC = Area(REST, "images", scope="images:read", auth="optional")
+OWNER = Area(REST, "images", scope="images:write")
+LIKE = "/api/v1/images/{image_id}/like"
+HIDE = "Hide an image from everyone but its owner, or show it again (administrators)"
+HIDDEN = "A moderator hid the image (`image_hidden`)."
+ADMINS = "Only administrators moderate images (`admin_required`), or CSRF."
 
 # The old names, for the pages (web.py) that share these checks.
 VISIBILITIES = limits.VISIBILITIES
 MAX_REASON = limits.REASON_MAX_CHARS
-
-IMAGE_ERRORS = (401, 403, 404, 503)
 
 
 async def fetch_image(request: web.Request, image_id: str, share_token: str = "") -> gallery_pb2.Image:
     return await state_of(request).backend.get_image(actor_of(request), image_id, share_token)
 
 
-@REST.op(
-    "GET",
-    "/api/v1/images",
-    "My images, newest first",
-    "images",
-    answer=models.ImagePage,
-    errors=(400, 401, 503),
-    params=PAGED,
-    scope="images:read",
-)
+@IMAGES.op("GET", "/api/v1/images", "My images, newest first", models.ImagePage, errors=LIST, params=PAGED)
 async def list_images(call: Call[None]) -> models.ImagePage:
     found = await call.backend.list_images(
         call.principal.actor, call.param(LIMIT) or 24, call.query("cursor")
@@ -44,16 +42,8 @@ async def list_images(call: Call[None]) -> models.ImagePage:
     return serialize.image_page(call.request, found)
 
 
-@REST.op(
-    "GET",
-    "/api/v1/community",
-    "Public images",
-    "images",
-    answer=models.ImagePage,
-    errors=(400, 503),
-    params=(*PAGED, ORDER),
-    scope="images:read",
-    auth="optional",
+@PUBLIC.op(
+    "GET", "/api/v1/community", "Public images", models.ImagePage, errors=(400, 503), params=(*PAGED, ORDER)
 )
 async def community(call: Call[None]) -> models.ImagePage:
     found = await call.backend.list_public(
@@ -84,17 +74,10 @@ async def search_images(
         raise
 
 
-@REST.op(
-    "GET",
-    "/api/v1/search",
-    "Search public images (and my own) by prompt, title and tags",
-    "images",
-    answer=models.ImagePage,
-    errors=(400, 401, 503),
-    params=(QUERY, *PAGED, MINE),
-    scope="images:read",
-    auth="optional",
-)
+@PUBLIC.op(
+    "GET", "/api/v1/search", "Search public images (and my own) by prompt, title and tags", models.ImagePage,
+    errors=LIST, params=(QUERY, *PAGED, MINE),
+)  # fmt: skip
 async def search(call: Call[None]) -> models.ImagePage:
     found = await search_images(
         call.request, call.param(QUERY), call.query("cursor"), call.param(LIMIT) or 24, call.param(MINE)
@@ -102,33 +85,18 @@ async def search(call: Call[None]) -> models.ImagePage:
     return serialize.image_page(call.request, found)
 
 
-@REST.op(
-    "GET",
-    "/api/v1/images/{image_id}",
-    "An image record",
-    "images",
-    answer=models.Image,
-    errors=(401, 404, 503),
-    params=(IMAGE_ID,),
-    scope="images:read",
-    auth="optional",
+@PUBLIC.op(
+    "GET", "/api/v1/images/{image_id}", "An image record", models.Image, errors=ONE, params=(IMAGE_ID,),
     description="Public images need no credential; private ones only their owner sees.",
-)
+)  # fmt: skip
 async def get_image(call: Call[None]) -> models.Image:
     return serialize.image(call.request, await fetch_image(call.request, call.path("image_id")))
 
 
-@REST.op(
-    "PATCH",
-    "/api/v1/images/{image_id}",
-    "Change visibility, title or tags",
-    "images",
-    body=models.ImageUpdate,
-    answer=models.Image,
-    errors=(400, *IMAGE_ERRORS, 415),
-    params=(IMAGE_ID,),
-    scope="images:write",
-)
+@OWNER.op(
+    "PATCH", "/api/v1/images/{image_id}", "Change visibility, title or tags", models.Image,
+    body=models.ImageUpdate, errors=(400, *CHANGE, 415), params=(IMAGE_ID,),
+)  # fmt: skip
 async def update_image(call: Call[models.ImageUpdate]) -> models.Image:
     b = call.body
     update = gallery_pb2.UpdateImageRequest(actor=call.principal.actor, image_id=call.path("image_id"))
@@ -142,49 +110,19 @@ async def update_image(call: Call[models.ImageUpdate]) -> models.Image:
     return serialize.image(call.request, await call.backend.update_image(update))
 
 
-@REST.op(
-    "DELETE",
-    "/api/v1/images/{image_id}",
-    "Delete an image",
-    "images",
-    status=204,
-    errors=IMAGE_ERRORS,
-    params=(IMAGE_ID,),
-    scope="images:write",
+@OWNER.op(
+    "DELETE", "/api/v1/images/{image_id}", "Delete an image", status=204, errors=CHANGE, params=(IMAGE_ID,)
 )
 async def delete_image(call: Call[None]) -> None:
     await call.backend.delete_image(call.principal.actor, call.path("image_id"))
 
 
-@REST.op(
-    "POST",
-    "/api/v1/images/{image_id}/like",
-    "Like an image",
-    "images",
-    answer=models.Image,
-    errors=IMAGE_ERRORS,
-    params=(IMAGE_ID,),
-    scope="images:write",
-)
+@OWNER.op("POST", LIKE, "Like an image", models.Image, errors=CHANGE, params=(IMAGE_ID,))
+@OWNER.op("DELETE", LIKE, "Take a like back", models.Image, errors=CHANGE, params=(IMAGE_ID,))
 async def like(call: Call[None]) -> models.Image:
+    liked = call.request.method == "POST"
     return serialize.image(
-        call.request, await call.backend.like(call.principal.actor, call.path("image_id"), True)
-    )
-
-
-@REST.op(
-    "DELETE",
-    "/api/v1/images/{image_id}/like",
-    "Take a like back",
-    "images",
-    answer=models.Image,
-    errors=IMAGE_ERRORS,
-    params=(IMAGE_ID,),
-    scope="images:write",
-)
-async def unlike(call: Call[None]) -> models.Image:
-    return serialize.image(
-        call.request, await call.backend.like(call.principal.actor, call.path("image_id"), False)
+        call.request, await call.backend.like(call.principal.actor, call.path("image_id"), liked)
     )
 
 
@@ -197,19 +135,11 @@ async def report_image(request: web.Request, image_id: str, reason: str) -> None
     await state_of(request).backend.report(principal.actor, image_id, reason.strip())
 
 
-@REST.op(
-    "POST",
-    "/api/v1/images/{image_id}/report",
-    "Report an image to the moderators",
-    "images",
-    body=models.ReportRequest,
-    body_required=False,
-    answer=models.Reported,
-    status=202,
-    errors=(400, *IMAGE_ERRORS, 415),
+@OWNER.op(
+    "POST", "/api/v1/images/{image_id}/report", "Report an image to the moderators", models.Reported,
+    body=models.ReportRequest, body_required=False, status=202, errors=(400, *CHANGE, 415),
     params=(IMAGE_ID,),
-    scope="images:write",
-)
+)  # fmt: skip
 async def report(call: Call[models.ReportRequest]) -> models.Reported:
     """Received; reporting again replaces the reason."""
     await report_image(call.request, call.path("image_id"), call.body.reason or "")
@@ -220,18 +150,10 @@ async def hide_image(request: web.Request, image_id: str, hidden: bool) -> galle
     return await state_of(request).backend.hide(require_principal(request).actor, image_id, hidden)
 
 
-@REST.op(
-    "POST",
-    "/api/v1/images/{image_id}/hide",
-    "Hide an image from everyone but its owner, or show it again (administrators)",
-    "images",
-    body=models.HideRequest,
-    answer=models.HiddenImage,
-    errors=(400, *IMAGE_ERRORS, 415),
-    params=(IMAGE_ID,),
-    scope="images:write",
-    notes={403: "Only administrators moderate images (`admin_required`), or CSRF."},
-)
+@OWNER.op(
+    "POST", "/api/v1/images/{image_id}/hide", HIDE, models.HiddenImage, body=models.HideRequest,
+    errors=(400, *CHANGE, 415), params=(IMAGE_ID,), notes={403: ADMINS},
+)  # fmt: skip
 async def hide(call: Call[models.HideRequest]) -> models.HiddenImage:
     img = await hide_image(call.request, call.path("image_id"), call.body.hidden)
     return {**serialize.image(call.request, img), "hidden": img.hidden}
@@ -251,17 +173,10 @@ async def create_share_link(request: web.Request, image_id: str) -> models.Share
     }
 
 
-@REST.op(
-    "POST",
-    "/api/v1/images/{image_id}/share",
-    "Make a share link (opens without an account)",
-    "images",
-    answer=models.ShareLink,
-    errors=(*IMAGE_ERRORS, 409),
-    params=(IMAGE_ID,),
-    scope="images:write",
-    notes={409: "A moderator hid the image (`image_hidden`)."},
-)
+@OWNER.op(
+    "POST", "/api/v1/images/{image_id}/share", "Make a share link (opens without an account)",
+    models.ShareLink, errors=(*CHANGE, 409), params=(IMAGE_ID,), notes={409: HIDDEN},
+)  # fmt: skip
 async def share(call: Call[None]) -> models.ShareLink:
     return await create_share_link(call.request, call.path("image_id"))
 
@@ -270,16 +185,10 @@ async def revoke_share_links(request: web.Request, image_id: str, token: str = "
     await state_of(request).backend.revoke_share_links(require_principal(request).actor, image_id, token)
 
 
-@REST.op(
-    "DELETE",
-    "/api/v1/images/{image_id}/share",
-    "Revoke share links",
-    "images",
-    status=204,
-    errors=(400, *IMAGE_ERRORS),
+@OWNER.op(
+    "DELETE", "/api/v1/images/{image_id}/share", "Revoke share links", status=204, errors=(400, *CHANGE),
     params=(IMAGE_ID, REVOKE_TOKEN),
-    scope="images:write",
-)
+)  # fmt: skip
 async def revoke_share(call: Call[None]) -> None:
     """Ends the share link named by `?token=`, or every share link of the image without it."""
     token = call.query("token")

@@ -14,15 +14,18 @@ from services.common import limits
 from services.common.errors import EaselError, invalid
 
 from .. import models, serialize
-from ..registry import REST, Call
+from ..registry import REST, Area, Call
 from ..sse import EventStream
-from .params import IDEMPOTENCY_KEY, JOB_ID, LAST_EVENT_ID, LIMIT, PAGED
+from .params import BODY, CHANGE, IDEMPOTENCY_KEY, JOB_ID, LAST_EVENT_ID, LIMIT, LIST, ONE, PAGED, READ
 
 log = logging.getLogger(__name__)
 
 _END = object()
 ACCEPTED = "Accepted; follow the job at Location or its /events."
 QUOTA = "Quota or queue limit reached; wait for Retry-After seconds."
+NO_MODEL = "No such model (`model_not_found`); the message names the installed ones."
+LOCATION = {"Location": "/api/v1/jobs/{id}"}
+JOBS = Area(REST, "jobs", scope="generate")
 
 
 def generation_params(
@@ -62,20 +65,11 @@ def accepted(call: Call[Any], job: inference_pb2.Job) -> models.JobEnvelope:
     return {"job": serialize.job(call.request, job)}
 
 
-@REST.op(
-    "POST",
-    "/api/v1/generations",
-    "Turn a prompt into images (queues a txt2img job)",
-    "jobs",
-    body=models.GenerationRequest,
-    answer=models.JobEnvelope,
-    status=202,
-    scope="generate",
-    errors=(400, 401, 403, 404, 415, 429, 503),
-    params=(IDEMPOTENCY_KEY,),
-    headers={"Location": "/api/v1/jobs/{id}"},
-    notes={404: "No such model (`model_not_found`); the message names the installed ones.", 429: QUOTA},
-)
+@JOBS.op(
+    "POST", "/api/v1/generations", "Turn a prompt into images (queues a txt2img job)", models.JobEnvelope,
+    body=models.GenerationRequest, status=202, errors=(*BODY, 404, 429), params=(IDEMPOTENCY_KEY,),
+    headers=LOCATION, notes={404: NO_MODEL, 429: QUOTA},
+)  # fmt: skip
 async def create_generation(call: Call[models.GenerationRequest]) -> models.JobEnvelope:
     """Accepted; follow the job at Location or its /events."""
     key = idempotency_key(call)
@@ -85,16 +79,7 @@ async def create_generation(call: Call[models.GenerationRequest]) -> models.JobE
     return accepted(call, job)
 
 
-@REST.op(
-    "GET",
-    "/api/v1/jobs",
-    "My jobs, newest first",
-    "jobs",
-    answer=models.JobPage,
-    errors=(400, 401, 503),
-    params=PAGED,
-    scope="generate",
-)
+@JOBS.op("GET", "/api/v1/jobs", "My jobs, newest first", models.JobPage, errors=LIST, params=PAGED)
 async def list_jobs(call: Call[None]) -> models.JobPage:
     found = await call.backend.list_jobs(call.principal.actor, call.param(LIMIT) or 20, call.query("cursor"))
     return {
@@ -103,32 +88,15 @@ async def list_jobs(call: Call[None]) -> models.JobPage:
     }
 
 
-@REST.op(
-    "GET",
-    "/api/v1/jobs/{job_id}",
-    "A job's state",
-    "jobs",
-    answer=models.Job,
-    errors=(401, 404, 503),
-    params=(JOB_ID,),
-    scope="generate",
-)
+@JOBS.op("GET", "/api/v1/jobs/{job_id}", "A job's state", models.Job, errors=ONE, params=(JOB_ID,))
 async def get_job(call: Call[None]) -> models.Job:
     return serialize.job(call.request, await call.backend.get_job(call.principal.actor, call.path("job_id")))
 
 
-@REST.op(
-    "POST",
-    "/api/v1/jobs/{job_id}/cancel",
-    "Cancel a queued or running job",
-    "jobs",
-    answer=models.JobEnvelope,
-    status=202,
-    errors=(401, 403, 404, 409, 503),
-    params=(JOB_ID,),
-    scope="generate",
-    notes={409: "The job has already ended."},
-)
+@JOBS.op(
+    "POST", "/api/v1/jobs/{job_id}/cancel", "Cancel a queued or running job", models.JobEnvelope, status=202,
+    errors=(*CHANGE, 409), params=(JOB_ID,), notes={409: "The job has already ended."},
+)  # fmt: skip
 async def cancel_job(call: Call[None]) -> models.JobEnvelope:
     """Cancellation requested."""
     return {
@@ -159,16 +127,10 @@ EVENTS = {
 }
 
 
-@REST.op(
-    "GET",
-    "/api/v1/jobs/{job_id}/events",
-    "Follow a job as server-sent events until it ends",
-    "jobs",
-    errors=(401, 404, 503),
-    params=(JOB_ID, LAST_EVENT_ID),
-    scope="generate",
-    responses=EVENTS,
-)
+@JOBS.op(
+    "GET", "/api/v1/jobs/{job_id}/events", "Follow a job as server-sent events until it ends",
+    errors=ONE, params=(JOB_ID, LAST_EVENT_ID), responses=EVENTS,
+)  # fmt: skip
 async def job_events(call: Call[None]) -> web.StreamResponse:
     """Server-sent events from WatchJob until the job ends. `id:` is the event's seq; a reconnect
     with Last-Event-ID gets only what it has not seen, and 204 (EventSource then stops) when the job
@@ -239,14 +201,6 @@ async def job_events(call: Call[None]) -> web.StreamResponse:
     return stream.response
 
 
-@REST.op(
-    "GET",
-    "/api/v1/models",
-    "Installed models with their defaults",
-    "jobs",
-    answer=models.ModelList,
-    errors=(401, 503),
-    scope="generate",
-)
+@JOBS.op("GET", "/api/v1/models", "Installed models with their defaults", models.ModelList, errors=READ)
 async def list_models(call: Call[None]) -> models.ModelList:
     return {"items": [serialize.model(m) for m in await call.backend.list_models()]}

@@ -43,3 +43,10 @@ REVOKE_TOKEN = Param(
     default="",
 )
 PAGED = (LIMIT, CURSOR)
+
+# The error statuses operations document, by what they do.
+READ = (401, 503)
+LIST = (400, 401, 503)
+ONE = (401, 404, 503)
+CHANGE = (401, 403, 404, 503)
+BODY = (400, 401, 403, 415, 503)

@@ -8,12 +8,13 @@ import prometheus_client
 from aiohttp import web
 
 from .. import models, openapi
-from ..registry import REST, Call
+from ..registry import REST, Area, Call
 
-OPS = "operations"
+SYSTEM = Area(REST, "operations", auth="none")
+META = Area(REST, "meta", auth="none")
 
 
-@REST.op("GET", "/healthz", "The process is alive", OPS, answer=models.Health, auth="none")
+@SYSTEM.op("GET", "/healthz", "The process is alive", models.Health)
 async def healthz(call: Call[None]) -> models.Health:
     """The process is alive and answering."""
     return {"status": "ok"}
@@ -27,15 +28,10 @@ NOT_READY = {
 }
 
 
-@REST.op(
-    "GET",
-    "/readyz",
-    "Ready to serve: auth, gallery and inference all report SERVING",
-    OPS,
-    answer=models.Ready,
-    auth="none",
+@SYSTEM.op(
+    "GET", "/readyz", "Ready to serve: auth, gallery and inference all report SERVING", models.Ready,
     responses=NOT_READY,
-)
+)  # fmt: skip
 async def readyz(call: Call[None]) -> web.Response:
     """Ready only when auth, gallery and inference all report SERVING on the standard health check."""
     statuses = await call.backend.health(call.state.settings.ready_timeout_s)
@@ -60,7 +56,7 @@ METRICS = {
 }
 
 
-@REST.op("GET", "/metrics", "Prometheus metrics", OPS, auth="none", responses=METRICS)
+@SYSTEM.op("GET", "/metrics", "Prometheus metrics", responses=METRICS)
 async def metrics(call: Call[None]) -> web.Response:
     body = await asyncio.to_thread(prometheus_client.generate_latest)
     resp = web.Response(body=body)
@@ -71,6 +67,6 @@ async def metrics(call: Call[None]) -> web.Response:
 DOCUMENT = {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {}}}}}
 
 
-@REST.op("GET", "/api/v1/openapi.json", "This document", "meta", auth="none", responses=DOCUMENT)
+@META.op("GET", "/api/v1/openapi.json", "This document", responses=DOCUMENT)
 async def openapi_json(call: Call[None]) -> web.Response:
     return web.Response(body=openapi.document_bytes(), content_type="application/json")
