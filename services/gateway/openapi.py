@@ -130,8 +130,10 @@ def _responses(op: Operation) -> dict[str, Any]:
     return out
 
 
-def operation(op: Operation) -> dict[str, Any]:
-    out: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "operationId": op.handler.__name__}
+def operation(op: Operation, shared: bool = False) -> dict[str, Any]:
+    """One path item's operation; `shared`: its handler serves other operations too."""
+    name = f"{op.handler.__name__}_{op.method.lower()}" if shared else op.handler.__name__
+    out: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "operationId": name}
     if op.description:
         out["description"] = op.description
     security = SECURITY[op.auth]
@@ -161,8 +163,9 @@ def _document() -> str:
     from . import api  # noqa: F401 - registers every operation
 
     paths: dict[str, dict[str, Any]] = {}
+    handlers = [op.handler for op in REST.operations]
     for op in REST.operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = operation(op)
+        paths.setdefault(op.path, {})[op.method.lower()] = operation(op, handlers.count(op.handler) > 1)
     doc = {
         **FRAME,
         "paths": paths,

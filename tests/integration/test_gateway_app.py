@@ -211,6 +211,8 @@ async def test_openapi_is_valid_and_covers_every_route(down: Client) -> None:
     refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc))
     assert refs and all(name in doc["components"]["schemas"] for name in refs)
     assert openapi.document() == doc
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)), ids
 
 
 async def test_metrics_use_route_templates(down: Client) -> None:
