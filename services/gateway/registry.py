@@ -16,13 +16,14 @@ from typing import Any, Generic, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from easel.common.v1 import common_pb2
 from services.common.errors import EaselError, invalid
 
 from .backend import Backend
-from .bodies import read_json
-from .fields import INT64_MAX, parse
+from .bodies import read_model
+from .fields import INT64_MAX
 from .principal import AuthNeed, Principal, actor_of, require_principal
 from .state import GatewayState, state_of
 
@@ -167,21 +168,27 @@ class Operation:
     body_doc: Mapping[str, Any] | None = None
 
     def endpoint(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """The aiohttp handler: body in, answer out, marked for the auth middleware."""
+        """The aiohttp handler: body in, answer out, marked for the auth middleware. Answers are
+        written by pydantic's JSON writer (compact UTF-8, about four times json.dumps' speed)."""
         op = self
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             body: Any = None
             if op.body is not None:
-                raw = await read_json(request, required=op.body_required)
-                body = parse(op.body, raw.data)
+                body = await read_model(request, op.body, op.body_required)
             call: Call[Any] = Call(request, body)
             result = await op.handler(call)
             if isinstance(result, web.StreamResponse):
                 return result
             if result is None:
                 return web.Response(status=op.status, headers=call.headers or None)
-            return web.json_response(result, status=op.status, headers=call.headers or None)
+            return web.Response(
+                body=to_json(result),
+                status=op.status,
+                headers=call.headers or None,
+                content_type="application/json",
+                charset="utf-8",
+            )
 
         endpoint.easel_auth = op.auth  # type: ignore[attr-defined]
         endpoint.easel_scope = op.scope  # type: ignore[attr-defined]

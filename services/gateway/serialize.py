@@ -3,11 +3,12 @@ the OpenAPI document is generated from): mypy holds each builder to its document
 
 from __future__ import annotations
 
-import json
+import time
 from typing import Any, cast
 
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic_core import from_json
 
 from easel.auth.v1 import auth_pb2
 from easel.gallery.v1 import gallery_pb2
@@ -27,15 +28,28 @@ def timestamp(msg: Any, name: str) -> str | None:
     ts: Timestamp = getattr(msg, name)
     if ts.seconds == 0 and ts.nanos == 0:
         return None
-    return str(ts.ToJsonString())
+    return rfc3339(ts.seconds, ts.nanos)
+
+
+def rfc3339(seconds: int, nanos: int) -> str:
+    """What protobuf's Timestamp.ToJsonString writes (the fraction in 0, 3, 6 or 9 digits), in a
+    fifth of its time: every job and image answer carries a few of these."""
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if nanos == 0:
+        return base + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{base}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{base}.{nanos // 1000:06d}Z"
+    return f"{base}.{nanos:09d}Z"
 
 
 def params(params_json: str) -> dict[str, Any]:
     if not params_json:
         return {}
     try:
-        value = json.loads(params_json)
-    except json.JSONDecodeError:
+        value = from_json(params_json)
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 
