@@ -149,8 +149,11 @@ class Backend:
         req = gallery_pb2.GetImageRequest(actor=actor, image_id=image_id, share_token=share_token)
         return await answer("gallery", self._gallery.GetImage(req))
 
-    async def list_images(self, actor: Actor, limit: int, cursor: str = "") -> gallery_pb2.ListImagesResponse:
-        req = gallery_pb2.ListImagesRequest(actor=actor, limit=limit, cursor=cursor)
+    async def list_images(
+        self, actor: Actor, limit: int, cursor: str = "", kind: str = ""
+    ) -> gallery_pb2.ListImagesResponse:
+        """The actor's images, newest first; `kind` "generated" leaves out uploads (edit inputs)."""
+        req = gallery_pb2.ListImagesRequest(actor=actor, limit=limit, cursor=cursor, kind=kind)
         return await answer("gallery", self._gallery.ListImages(req))
 
     async def list_public(

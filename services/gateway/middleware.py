@@ -22,15 +22,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from easel.auth.v1 import auth_pb2
 from services.common.errors import EaselError
-from services.common.grpc_client import user_errors
 from services.common.logs import request_id_var
 from services.common.metrics import LATENCY_BUCKETS
 from services.common.telemetry import extract
 
 from . import csrf, ratelimit
-from .clients import CLIENTS
 from .principal import (
     CLEAR_SESSION_COOKIE,
     PRINCIPAL,
@@ -257,10 +254,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token, via_cookie = credential(request)
     if token:
         try:
-            with user_errors("auth"):
-                found = await request.app[CLIENTS].auth.Authenticate(
-                    auth_pb2.AuthenticateRequest(token=token)
-                )
+            found = await request.app[STATE].backend.authenticate(token)
         except EaselError as exc:
             if exc.status != grpc.StatusCode.UNAUTHENTICATED:
                 raise
