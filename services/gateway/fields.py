@@ -13,9 +13,11 @@ own messages and its error URLs never reach a client.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
+import annotated_types
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from services.common.errors import EaselError, invalid
@@ -74,13 +76,16 @@ def _choices(expected: str) -> str:
     return expected.replace("' or '", "', '").replace("'", "")
 
 
-def field_error(name: str, error: Mapping[str, Any], required: bool) -> EaselError:
-    """One of pydantic's error dicts as the API's error about field `name`."""
+def field_error(
+    name: str, error: Mapping[str, Any], required: bool, between: tuple[float, float] | None = None
+) -> EaselError:
+    """One of pydantic's error dicts as the API's error about field `name`; `between`: the range of
+    a number field, which a refusal states whole ("between 0 and 1")."""
     kind = str(error["type"])
     ctx: Mapping[str, Any] = error.get("ctx") or {}
     value = error.get("input")
     if kind == EASEL_ERROR:
-        return invalid(str(ctx["code"]), str(ctx["message"]), field=name)
+        return invalid(str(ctx["code"]), str(ctx["message"]).replace("{field}", name), field=name)
     if kind == "missing" or (value is None and required and len(error["loc"]) == 1):
         return invalid("missing_field", f"'{name}' is required.", field=name)
     if kind == "blank":
@@ -91,12 +96,14 @@ def field_error(name: str, error: Mapping[str, Any], required: bool) -> EaselErr
         what = f"at most {ctx['max_length']} characters long"
     elif kind in ("too_long", "too_short") and "max_length" in ctx:
         what = f"a list of at most {ctx['max_length']} items"
+    elif kind in ("greater_than_equal", "less_than_equal") and between is not None:
+        what = f"between {between[0]:g} and {between[1]:g}"
     elif kind == "greater_than_equal":
         what = f"at least {ctx['ge']}"
     elif kind == "less_than_equal":
         what = f"at most {ctx['le']}"
     elif kind == "literal_error":
-        what = f"one of {_choices(str(ctx['expected']))}"
+        what = f"one of {_choices(str(ctx['expected']))}" if isinstance(value, str) else "a string"
     elif len(error["loc"]) > 1:  # an item of a list
         what = "a list of strings"
     else:
@@ -112,7 +119,19 @@ def refusal(model: type[BaseModel], exc: ValidationError) -> EaselError:
         return invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
     name = str(loc[0])
     info = model.model_fields.get(name)
-    return field_error(name, error, info is not None and info.is_required())
+    if info is None:
+        return field_error(name, error, False)
+    return field_error(name, error, info.is_required(), _number_range(info))
+
+
+def _number_range(info: FieldInfo) -> tuple[float, float] | None:
+    if float not in get_args(info.annotation) and info.annotation is not float:
+        return None
+    ge = next((m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
+    le = next((m.le for m in info.metadata if isinstance(m, annotated_types.Le)), None)
+    if not isinstance(ge, int | float) or not isinstance(le, int | float):
+        return None
+    return float(ge), float(le)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from typing_extensions import TypedDict
 
 from services.common import limits
@@ -49,6 +49,28 @@ def _tags(tags: list[str] | None) -> list[str] | None:
     if len(tags) > limits.TAGS_MAX:
         raise refuse("too_many_tags", f"An image may have at most {limits.TAGS_MAX} tags; remove some.")
     return tags
+
+
+def _base64(value: object) -> object:
+    if value is not None and not isinstance(value, str):
+        raise refuse("invalid_field", "'{field}' must be a base64 string.")
+    return value
+
+
+def _scopes(scopes: list[str] | None) -> list[str] | None:
+    if scopes is not None and (
+        len(scopes) > limits.KEY_SCOPES_MAX or any(len(s) > SCOPE_MAX_CHARS for s in scopes)
+    ):
+        raise refuse(
+            "invalid_field",
+            f"'scopes' must be at most {limits.KEY_SCOPES_MAX} strings of at most {SCOPE_MAX_CHARS} "
+            "characters.",
+        )
+    return scopes
+
+
+SCOPE_MAX_CHARS = 50
+Base64 = Annotated[str | None, BeforeValidator(_base64)]
 
 
 def _edit_kind(kind: str) -> str:
@@ -121,10 +143,13 @@ class CreateApiKeyRequest(Contract):
     ttl_seconds: Annotated[int | None, Whole] = Field(
         None, ge=0, le=limits.KEY_TTL_MAX_S, description="0 or absent: the default lifetime."
     )
-    scopes: list[Annotated[str, Field(max_length=50)]] | None = Field(
+    scopes: Annotated[list[str] | None, AfterValidator(_scopes)] = Field(
         None,
-        max_length=limits.KEY_SCOPES_MAX,
         description="generate, images:read, images:write, account; absent: all but account.",
+        json_schema_extra={
+            "maxItems": limits.KEY_SCOPES_MAX,
+            "items": {"type": "string", "maxLength": SCOPE_MAX_CHARS},
+        },
     )
 
 
@@ -189,7 +214,7 @@ class EditRequest(GenerationRequest):
         "Required for img2img and inpaint. For upscale and variation it defaults to the source "
         "image's prompt (or a neutral one for uploads)."
     )
-    image: str | None = Field(
+    image: Base64 = Field(
         None,
         description="The image to edit as base64 (or a data: URL); or send image_id.",
         json_schema_extra={"contentEncoding": "base64"},
@@ -197,7 +222,7 @@ class EditRequest(GenerationRequest):
     image_id: str | None = Field(
         None, max_length=limits.IMAGE_ID_MAX_CHARS, description="An image in your gallery (or a public one)."
     )
-    mask: str | None = Field(
+    mask: Base64 = Field(
         None,
         description="inpaint only: white where the image is repainted, black where it stays.",
         json_schema_extra={"contentEncoding": "base64"},
@@ -209,10 +234,12 @@ class EditRequest(GenerationRequest):
     )
     strength: float | None = Field(
         None,
+        ge=0,
+        le=1,
         allow_inf_nan=False,
         description="How much of the image is redrawn (default 0.75; upscale caps it at 0.35, "
-        "variation at 0.6).",
-        json_schema_extra=owned("inference", "invalid_strength", exclusiveMinimum=0, maximum=1),
+        "variation at 0.6). Above 0: 0 itself is refused by inference.",
+        json_schema_extra=owned("inference", "invalid_strength", exclusiveMinimum=0),
     )
 
 

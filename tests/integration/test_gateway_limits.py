@@ -279,7 +279,11 @@ def test_edit_limits(world: World) -> None:
         for name in ("strength", "image_id", "mask_id")
         for lim in limits_of("body", name, schema["properties"][name], "invalid_field")
     ]
-    assert {lim.kind for lim in limits if lim.name == "strength"} == {"maximum", "exclusiveMinimum"}
+    assert {lim.kind for lim in limits if lim.name == "strength"} == {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+    }
     for limit in limits:
         at, past = values(limit)
         resp = send(world, request, limit, at)

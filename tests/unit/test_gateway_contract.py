@@ -102,6 +102,15 @@ def test_image_update_refusals(data: dict[str, Any], code: str, message: str) ->
     assert got == (code, next(iter(data)), message)
 
 
+def test_strength_range_reads_as_before() -> None:
+    for strength in (2, -0.5):
+        assert refusal(models.EditRequest, {"kind": "img2img", "strength": strength}) == (
+            "invalid_field",
+            "strength",
+            "'strength' must be between 0 and 1.",
+        )
+
+
 def test_edit_kind_and_hidden() -> None:
     assert refusal(models.EditRequest, {"kind": "teleport"}) == (
         "invalid_kind",

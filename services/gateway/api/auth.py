@@ -72,10 +72,12 @@ async def register(call: Call[models.RegisterRequest]) -> models.RegisterRespons
 )  # fmt: skip
 async def login(call: Call[models.LoginRequest]) -> web.Response:
     """Logged in; the session cookie `easel_session` is set too."""
-    name = (call.body.username or call.body.email or "").strip()
+    name = (call.body.username or "").strip() or (call.body.email or "").strip()
     if not name:
-        # The same answer as a missing required field.
-        raise invalid("missing_field", "'username' is required.", field="username")
+        # The same answers as a missing or empty required field.
+        blank = call.body.username is not None
+        message = "'username' must not be empty." if blank else "'username' is required."
+        raise invalid("missing_field", message, field="username")
     result = await call.backend.login(name, call.body.password, client_address(call.request))
     answer: models.LoginResponse = {
         "token": result.token,
