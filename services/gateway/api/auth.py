@@ -25,7 +25,7 @@ LOGIN_NOTES = {
     429: "Too many failed attempts (`login_throttled`); wait for Retry-After seconds.",
 }
 LOGOUT = "The token is dead from the next request on; the session cookie is cleared."
-PASSWORD = (
+SESSIONS_KEPT = (
     "Every other session of the account ends; the one making the change stays. API keys are left alone."
 )
 PASSWORD_NOTES = {
@@ -122,7 +122,7 @@ async def change_password(request: web.Request, current: str, new: str) -> None:
 
 @AUTH.op(
     "POST", "/api/v1/auth/password", "Change my password", body=models.PasswordChange, status=204,
-    errors=(*BODY, 409, 429), scope="account", notes=PASSWORD_NOTES, description=PASSWORD,
+    errors=(*BODY, 409, 429), scope="account", notes=PASSWORD_NOTES, description=SESSIONS_KEPT,
 )  # fmt: skip
 async def password(call: Call[models.PasswordChange]) -> None:
     await change_password(call.request, call.body.current_password, call.body.new_password)
