@@ -22,7 +22,6 @@ from .fields import INT32_MAX, INT64_MAX, Contract, NotBlank, Whole, owned, refu
 Text = Annotated[str, NotBlank]
 Visibility = Literal["private", "unlisted", "public"]
 EditKind = Literal["img2img", "inpaint", "upscale", "variation"]
-JobKind = Literal["txt2img", "img2img", "inpaint", "upscale", "variation"]
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 Timestamp = Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
 Url = Annotated[str, Field(json_schema_extra={"format": "uri"})]
