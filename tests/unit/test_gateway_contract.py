@@ -6,7 +6,7 @@ stable code, the field and a sentence that says what to send.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -123,3 +123,12 @@ def test_edit_kind_and_hidden() -> None:
         "hidden",
         "'hidden' must be true or false.",
     )
+
+
+def test_the_typed_choices_are_the_shared_limits() -> None:
+    # Literal types need their values spelled out; they must stay the shared ones.
+    assert get_args(models.Visibility) == limits.VISIBILITIES
+    assert get_args(models.JobStatus) == limits.JOB_STATUSES
+    assert get_args(models.EditKind) == limits.EDIT_KINDS
+    schema = models.EditRequest.model_json_schema()["properties"]["kind"]
+    assert tuple(schema["enum"]) == limits.EDIT_KINDS
