@@ -83,6 +83,7 @@ test-slow: setup venv browser
 bench: setup venv
 	$(PY) bench/auth_throughput.py
 	@if [ -f bench/control_plane.py ]; then $(PY) bench/control_plane.py; fi
+	@if [ -f bench/contract_overhead.py ]; then $(PY) bench/contract_overhead.py; fi
 	@if [ -f bench/gpu_throughput.py ]; then $(PY) bench/gpu_throughput.py; fi
 
 lint: easel/.generated venv

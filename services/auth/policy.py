@@ -10,11 +10,10 @@ import re
 from services.common import limits
 from services.common.errors import EaselError, invalid
 
-USERNAME_MIN, USERNAME_MAX = 3, 32
-EMAIL_MAX = 254
-# argon2 takes any length, but hashing megabytes on request would be a cheap way to burn our CPU.
-PASSWORD_MAX = 256
-KEY_NAME_MAX = limits.API_KEY_NAME_MAX
+USERNAME_MIN, USERNAME_MAX = limits.USERNAME_MIN_CHARS, limits.USERNAME_MAX_CHARS
+EMAIL_MAX = limits.EMAIL_MAX_CHARS
+PASSWORD_MAX = limits.PASSWORD_MAX_CHARS
+KEY_NAME_MAX = limits.KEY_NAME_MAX_CHARS
 
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Deliberately loose: the only real test of an address is mail reaching it. This catches typos

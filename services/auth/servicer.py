@@ -309,10 +309,10 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         scopes = policy.check_scopes([policy.check_storable(s, "scopes") for s in request.scopes])
         longest = self.settings.auth_api_key_max_ttl_s
         ttl = request.ttl_seconds or self.settings.auth_api_key_ttl_s
-        if not limits.API_KEY_TTL_MIN_S <= ttl <= longest:
+        if not limits.KEY_TTL_MIN_S <= ttl <= longest:
             raise invalid(
                 "invalid_ttl",
-                f"Choose a key lifetime between {limits.API_KEY_TTL_MIN_S} and {longest} seconds, or 0 "
+                f"Choose a key lifetime between {limits.KEY_TTL_MIN_S} and {longest} seconds, or 0 "
                 "for the default.",
                 "ttl_seconds",
             )

@@ -26,9 +26,9 @@ class AuthSettings(DatabaseSettings):
     # Lifetime of an API key created without an explicit ttl, and the longest one may ask for (at
     # most the documented limit in services/common/limits.py: this can only lower it).
     auth_api_key_max_ttl_s: int = Field(
-        default=limits.API_KEY_TTL_MAX_S, ge=limits.API_KEY_TTL_MIN_S, le=limits.API_KEY_TTL_MAX_S
+        default=limits.KEY_TTL_MAX_S, ge=limits.KEY_TTL_MIN_S, le=limits.KEY_TTL_MAX_S
     )
-    auth_api_key_ttl_s: int = Field(default=90 * 24 * 3600, ge=limits.API_KEY_TTL_MIN_S)
+    auth_api_key_ttl_s: int = Field(default=90 * 24 * 3600, ge=limits.KEY_TTL_MIN_S)
     auth_max_api_keys: int = Field(default=50, ge=1)
 
     auth_password_min_length: int = Field(default=10, ge=6, le=128)

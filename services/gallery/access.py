@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from easel.common.v1 import common_pb2
+from services.common import limits
 from services.common.errors import EaselError, forbidden, not_found, unauthenticated
 
-VISIBILITIES = ("private", "unlisted", "public")
+VISIBILITIES = limits.VISIBILITIES
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import Message
 
 from easel.gallery.v1 import gallery_pb2, gallery_pb2_grpc
+from services.common import limits
 from services.common.blobstore import BlobNotFoundError, BlobStore
 from services.common.errors import EaselError, invalid, not_found, unavailable
 from services.common.text import check_message
@@ -53,13 +54,13 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 MAX_IMAGES_PER_JOB = 64
 MAX_PARAMS_BYTES = 64 * 1024
-MAX_TITLE = 200
-MAX_TAGS = 20
-MAX_TAG = 40
-MAX_REASON = 1000
-MAX_QUERY = 200
+MAX_TITLE = limits.TITLE_MAX_CHARS
+MAX_TAGS = limits.TAGS_MAX
+MAX_TAG = limits.TAG_MAX_CHARS
+MAX_REASON = limits.REASON_MAX_CHARS
+MAX_QUERY = limits.SEARCH_MAX_CHARS
 PURPOSES = ("init", "mask")
-KINDS = ("generated", "upload")
+KINDS = limits.IMAGE_KINDS
 
 
 def _clean_text(value: str) -> str:

@@ -1,15 +1,29 @@
-"""Reading request bodies and query strings: wrong input becomes a 400 that names the field."""
+"""Reading request bodies and query strings: wrong input becomes a 400 that names the field.
+
+`read_model` is how the REST face reads a body into its model; `read_json` and `Body` are the
+untyped reading the compatible APIs still use.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from services.common.errors import EaselError, invalid
 
 from . import textcheck
+from .fields import parse, refusal
+
+M = TypeVar("M", bound=BaseModel)
+# Not JSON, though Python's parser takes them; a body that has them goes the slow way to be refused.
+_NOT_JSON = (b"NaN", b"Infinity")
+# Text the stores cannot hold (NUL, a lone UTF-16 surrogate) and numbers too long to be real: pydantic's
+# reader takes them, so a body that may have them goes the slow way, where textcheck refuses them.
+_SUSPECT = re.compile(rb"\\u0000|\x00|\\u[dD][89a-fA-F]|[0-9]{%d}" % textcheck.MAX_NUMBER_DIGITS)
 
 JSON_TYPES = ("application/json",)
 INT32_MAX = 2**31 - 1
@@ -32,6 +46,36 @@ async def read_json(request: web.Request, required: bool = True) -> Body:
     if not isinstance(data, dict):
         raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
     return Body(data)
+
+
+def _is_json(request: web.Request) -> bool:
+    ctype = request.content_type
+    return ctype in JSON_TYPES or ctype.endswith("+json")
+
+
+async def read_model(request: web.Request, model: type[M], required: bool = True) -> M:
+    """The body as `model`. Parsed and validated in one pass (pydantic's JSON reader, about twice
+    as fast as json.loads and checks in Python); bodies it cannot read take `read_json`'s path, so
+    every refusal reads as it always has."""
+    raw = await request.read()
+    if raw.strip() and _is_json(request):
+        found = model_from_json(model, raw)
+        if found is not None:
+            return found
+    return parse(model, (await read_json(request, required)).data)
+
+
+def model_from_json(model: type[M], raw: bytes) -> M | None:
+    """`raw` as `model`, or the refusal naming its first wrong field; None when `raw` is not plain
+    JSON (read_json then says what is wrong with it)."""
+    if any(word in raw for word in _NOT_JSON) or _SUSPECT.search(raw):
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if exc.errors(include_url=False)[0]["type"] == "json_invalid":
+            return None
+        raise refusal(model, exc) from None
 
 
 class Body:

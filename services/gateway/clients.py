@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -64,15 +63,3 @@ def open_clients(settings: GatewaySettings) -> Clients:
         ),
         channels=channels,
     )
-
-
-def clients_ctx(settings: GatewaySettings) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context: channels open with the app and close with it."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        clients = open_clients(settings)
-        app[CLIENTS] = clients
-        yield
-        await clients.close()
-
-    return ctx

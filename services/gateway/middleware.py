@@ -22,16 +22,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from easel.auth.v1 import auth_pb2
 from services.common.errors import EaselError
-from services.common.grpc_client import user_errors
 from services.common.logs import request_id_var
 from services.common.metrics import LATENCY_BUCKETS
 from services.common.telemetry import extract
 
 from . import csrf, ratelimit
-from .api_jobs import SHUTTING_DOWN
-from .clients import CLIENTS
 from .principal import (
     CLEAR_SESSION_COOKIE,
     PRINCIPAL,
@@ -43,6 +39,7 @@ from .principal import (
     scope_of,
 )
 from .render import render
+from .state import STATE
 from .textcheck import text_middleware
 from .urls import cookie_secure, is_secure, wants_json
 
@@ -258,10 +255,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token, via_cookie = credential(request)
     if token:
         try:
-            with user_errors("auth"):
-                found = await request.app[CLIENTS].auth.Authenticate(
-                    auth_pb2.AuthenticateRequest(token=token)
-                )
+            found = await request.app[STATE].backend.authenticate(token)
         except EaselError as exc:
             if exc.status != grpc.StatusCode.UNAUTHENTICATED:
                 raise
@@ -339,40 +333,14 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
 # --- graceful stop -----------------------------------------------------------------------------
 
 
-class InFlight:
-    """The requests being handled now. A stopping gateway waits for them before closing connections:
-    aiohttp's own shutdown stops reading from every connection at once, so a request whose body was
-    still arriving (an upload) would hang until the shutdown timeout and then be cut off."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.count += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count <= 0:
-            self.count = 0
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-
-IN_FLIGHT = InFlight()
-
-
 @web.middleware
 async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    IN_FLIGHT.enter()
+    in_flight = request.app[STATE].in_flight
+    in_flight.enter()
     try:
         return await handler(request)
     finally:
-        IN_FLIGHT.leave()
+        in_flight.leave()
 
 
 async def drain(runner: web.AppRunner, grace: float) -> None:
@@ -381,13 +349,12 @@ async def drain(runner: web.AppRunner, grace: float) -> None:
     flight to finish. `runner.cleanup()` then closes what is left."""
     for site in list(runner.sites):
         await site.stop()
-    stopping = runner.app.get(SHUTTING_DOWN)
-    if stopping is not None:
-        stopping.set()
+    state = runner.app[STATE]
+    state.shutting_down.set()
     try:
-        await asyncio.wait_for(IN_FLIGHT.wait_idle(), grace)
+        await asyncio.wait_for(state.in_flight.wait_idle(), grace)
     except TimeoutError:
-        log.warning("grace period over with %d requests still in flight", IN_FLIGHT.count)
+        log.warning("grace period over with %d requests still in flight", state.in_flight.count)
 
 
 MIDDLEWARES = [

@@ -15,7 +15,8 @@ from aiohttp import web
 from services.common.errors import too_many
 
 from .principal import PRINCIPAL
-from .urls import SETTINGS, client_address
+from .state import state_of
+from .urls import client_address
 
 # Probes, scrapes and static files are never limited: they are cheap and a probe must not fail.
 EXEMPT_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static/", "/favicon")
@@ -44,25 +45,15 @@ class TokenBuckets:
         return wait
 
 
-USER_BUCKETS = web.AppKey("user_buckets", TokenBuckets)
-CLIENT_BUCKETS = web.AppKey("client_buckets", TokenBuckets)
-
-
-def install(app: web.Application) -> None:
-    settings = app[SETTINGS]
-    app[USER_BUCKETS] = TokenBuckets(settings.rate_limit_user_per_s, settings.rate_limit_user_burst)
-    app[CLIENT_BUCKETS] = TokenBuckets(settings.rate_limit_client_per_s, settings.rate_limit_client_burst)
-
-
 def check(request: web.Request) -> None:
     """Raises `rate_limited` (429 with Retry-After) when the caller is over its limit."""
     if request.path.startswith(EXEMPT_PREFIXES):
         return
     principal = request.get(PRINCIPAL)
     if principal is not None:
-        wait = request.app[USER_BUCKETS].take(principal.user_id)
+        wait = state_of(request).user_buckets.take(principal.user_id)
     else:
-        wait = request.app[CLIENT_BUCKETS].take(client_address(request))
+        wait = state_of(request).client_buckets.take(client_address(request))
     if wait > 0:
         seconds = max(1, math.ceil(wait))
         raise too_many(

@@ -10,12 +10,11 @@ from aiohttp import web
 
 from . import csrf
 from .principal import principal_of
+from .state import state_of
 from .urls import cookie_secure
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
-
-ENV = web.AppKey("jinja_env", jinja2.Environment)
 
 
 def make_env() -> jinja2.Environment:
@@ -46,8 +45,8 @@ def page_csrf_token(request: web.Request) -> tuple[str, bool]:
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     token, new_cookie = page_csrf_token(request)
     body = (
-        request.app[ENV]
-        .get_template(template)
+        state_of(request)
+        .pages.get_template(template)
         .render(
             user=principal_of(request),
             csrf_token=token,

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from aiohttp import web
-
-from services.common.errors import EaselError
-
-from .principal import principal_of
-from .urls import settings_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,61 +55,3 @@ class EventStream:
         if self.response.prepared:
             await self.response.write_eof()
         return self.response
-
-
-class StreamSlots:
-    """Open event streams per user in this process. Each stream holds a gRPC watch and a connection
-    for as long as its job runs, so one user opening thousands would starve everyone else; past
-    `limit` the next one is a 429 with a stable code (EventSource clients stop on it)."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, int] = {}
-
-    def count(self, user_id: str) -> int:
-        return self._open.get(user_id, 0)
-
-    @contextlib.contextmanager
-    def hold(self, user_id: str, limit: int) -> Iterator[None]:
-        if self.count(user_id) >= limit:
-            raise EaselError(
-                "too_many_streams",
-                f"You have {limit} event streams open already; close one (or poll /api/v1/jobs/<id>) "
-                "and try again.",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                retry_after=5,
-            )
-        self._open[user_id] = self.count(user_id) + 1
-        try:
-            yield
-        finally:
-            left = self.count(user_id) - 1
-            if left > 0:
-                self._open[user_id] = left
-            else:
-                self._open.pop(user_id, None)
-
-
-# One StreamSlots per application (kept beside it: an app's state is frozen once it serves).
-_SLOTS: weakref.WeakKeyDictionary[web.Application, StreamSlots] = weakref.WeakKeyDictionary()
-
-
-def slots_of(app: web.Application) -> StreamSlots:
-    slots = _SLOTS.get(app)
-    if slots is None:
-        slots = _SLOTS[app] = StreamSlots()
-    return slots
-
-
-def limited_stream(handler: Handler) -> Handler:
-    """Marks an event-stream handler: it runs only while its caller holds one of their stream slots
-    (EASEL_SSE_MAX_STREAMS_PER_USER). Anonymous callers are limited by the request rate limits."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        principal = principal_of(request)
-        if principal is None:
-            return await handler(request)
-        with slots_of(request.app).hold(principal.user_id, settings_of(request).sse_max_streams_per_user):
-            return await handler(request)
-
-    return wrapped

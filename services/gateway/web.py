@@ -9,15 +9,12 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from easel.auth.v1 import auth_pb2
 from easel.gallery.v1 import gallery_pb2
-from easel.inference.v1 import inference_pb2
 from services.common.errors import EaselError, invalid
-from services.common.grpc_client import user_errors
 
 from . import csrf, serialize, textcheck
-from .api_auth import clear_session_cookie, set_session_cookie
-from .api_images import (
+from .api.auth import clear_session_cookie, set_session_cookie
+from .api.images import (
     MAX_REASON,
     VISIBILITIES,
     create_share_link,
@@ -27,9 +24,9 @@ from .api_images import (
     revoke_share_links,
     search_images,
 )
-from .clients import CLIENTS
 from .principal import actor_of, no_auth, optional_auth, principal_of, require_principal
 from .render import render
+from .state import state_of
 from .urls import client_address, safe_next
 
 log = logging.getLogger(__name__)
@@ -114,14 +111,9 @@ async def login_submit(request: web.Request) -> web.Response:
     if errors:
         return render(request, "login.html", 400, errors=errors, values=values, next=next_path)
     try:
-        with user_errors("auth"):
-            result = await request.app[CLIENTS].auth.Login(
-                auth_pb2.LoginRequest(
-                    username=values["username"].strip(),
-                    password=password,
-                    client_address=client_address(request),
-                )
-            )
+        result = await state_of(request).backend.login(
+            values["username"].strip(), password, client_address(request)
+        )
     except EaselError as exc:
         resp = render(
             request,
@@ -166,24 +158,11 @@ async def register_submit(request: web.Request) -> web.Response:
         errors["password_confirm"] = "The two passwords differ; type the same password twice."  # nosec B105
     if errors:
         return render(request, "register.html", 400, errors=errors, values=values)
-    auth = request.app[CLIENTS].auth
+    backend = state_of(request).backend
+    username, address = values["username"].strip(), client_address(request)
     try:
-        with user_errors("auth"):
-            await auth.Register(
-                auth_pb2.RegisterRequest(
-                    username=values["username"].strip(),
-                    email=values["email"].strip(),
-                    password=password,
-                    client_address=client_address(request),
-                )
-            )
-            result = await auth.Login(
-                auth_pb2.LoginRequest(
-                    username=values["username"].strip(),
-                    password=password,
-                    client_address=client_address(request),
-                )
-            )
+        await backend.register(username, values["email"].strip(), password, address)
+        result = await backend.login(username, password, address)
     except EaselError as exc:
         errors = _form_errors(exc, ("username", "email", "password"))
         return render(request, "register.html", exc.http_status, errors=errors, values=values)
@@ -195,8 +174,7 @@ async def register_submit(request: web.Request) -> web.Response:
 @routes.post("/logout")
 async def logout_submit(request: web.Request) -> web.Response:
     principal = require_principal(request)
-    with user_errors("auth"):
-        await request.app[CLIENTS].auth.Logout(auth_pb2.LogoutRequest(token=principal.token))
+    await state_of(request).backend.logout(principal.token)
     resp = redirect("/login")
     clear_session_cookie(request, resp)
     return resp
@@ -218,11 +196,10 @@ EDIT_KINDS = (
 async def _models(request: web.Request) -> tuple[list[dict[str, Any]], str]:
     """Installed models, and a notice for the page when there are none or inference is down."""
     try:
-        with user_errors("inference"):
-            found = await request.app[CLIENTS].inference.ListModels(inference_pb2.ListModelsRequest())
+        found = await state_of(request).backend.list_models()
     except EaselError as exc:
         return [], exc.message
-    models = [serialize.model(m) for m in found.models]
+    models: list[dict[str, Any]] = [dict(serialize.model(m)) for m in found]
     if not models:
         return [], "No models are installed yet; run 'make models' and restart the studio."
     return models, ""
@@ -238,7 +215,7 @@ async def generate_page(request: web.Request) -> web.Response:
     remix: dict[str, Any] | None = None
     remix_id = request.query.get("remix", "")[:200]
     if remix_id:
-        remix = serialize.image(request, await fetch_image(request, remix_id), absolute=False)
+        remix = dict(serialize.image(request, await fetch_image(request, remix_id), absolute=False))
         params = remix["params"]
         values = {k: params[k] for k in REMIX_KEYS if isinstance(params.get(k), str | int | float)}
         values["model"] = params.get("model") or ""
@@ -262,19 +239,12 @@ async def _grid(request: web.Request, mine: bool) -> web.Response:
     order = request.query.get("order", "newest")
     if order not in dict(COMMUNITY_ORDERS):
         order = "newest"
-    with user_errors("gallery"):
-        if mine:
-            principal = require_principal(request)
-            # What the user made; uploads (edit inputs and inpainting masks) stay out of the grid.
-            found = await request.app[CLIENTS].gallery.ListImages(
-                gallery_pb2.ListImagesRequest(
-                    actor=principal.actor, limit=24, cursor=cursor, kind="generated"
-                )
-            )
-        else:
-            found = await request.app[CLIENTS].gallery.ListPublic(
-                gallery_pb2.ListPublicRequest(actor=actor_of(request), order=order, limit=24, cursor=cursor)
-            )
+    backend = state_of(request).backend
+    if mine:
+        # What the user made; uploads (edit inputs and inpainting masks) stay out of the grid.
+        found = await backend.list_images(require_principal(request).actor, 24, cursor, kind="generated")
+    else:
+        found = await backend.list_public(actor_of(request), order, 24, cursor)
     page = serialize.image_page(request, found, absolute=False)
     first_url = request.path if mine or order == "newest" else f"{request.path}?order={order}"
     next_url = None
@@ -335,10 +305,7 @@ async def edit_page(request: web.Request) -> web.Response:
     principal = require_principal(request)
     image_id = request.query.get("image", "")[:200]
     if not image_id:
-        with user_errors("gallery"):
-            found = await request.app[CLIENTS].gallery.ListImages(
-                gallery_pb2.ListImagesRequest(actor=principal.actor, limit=24, kind="generated")
-            )
+        found = await state_of(request).backend.list_images(principal.actor, 24, kind="generated")
         page = serialize.image_page(request, found, absolute=False)
         return render(request, "edit_pick.html", images=page["items"])
     img = await fetch_image(request, image_id)
@@ -433,8 +400,7 @@ async def image_update(request: web.Request) -> web.Response:
     if visibility:
         update.visibility = visibility
     try:
-        with user_errors("gallery"):
-            await request.app[CLIENTS].gallery.UpdateImage(update)
+        await state_of(request).backend.update_image(update)
     except EaselError as exc:
         if exc.http_status in (401, 403, 404):
             raise
@@ -460,13 +426,7 @@ async def image_like(request: web.Request) -> web.Response:
     principal = require_principal(request)
     form = await read_form(request)
     image_id = request.match_info["image_id"]
-    like = gallery_pb2.LikeRequest(actor=principal.actor, image_id=image_id)
-    gallery = request.app[CLIENTS].gallery
-    with user_errors("gallery"):
-        if _form_str(form, "like") == "0":
-            await gallery.Unlike(like)
-        else:
-            await gallery.Like(like)
+    await state_of(request).backend.like(principal.actor, image_id, _form_str(form, "like") != "0")
     return _back_to_image(image_id)
 
 
@@ -495,8 +455,5 @@ async def image_hide(request: web.Request) -> web.Response:
 @routes.post("/images/{image_id}/delete")
 async def image_delete(request: web.Request) -> web.Response:
     principal = require_principal(request)
-    with user_errors("gallery"):
-        await request.app[CLIENTS].gallery.DeleteImage(
-            gallery_pb2.DeleteImageRequest(actor=principal.actor, image_id=request.match_info["image_id"])
-        )
+    await state_of(request).backend.delete_image(principal.actor, request.match_info["image_id"])
     return redirect("/gallery")

@@ -12,7 +12,7 @@ from services.common.errors import EaselError
 from services.common.grpc_client import user_errors
 
 from . import serialize
-from .api_auth import change_password
+from .api.auth import change_password
 from .clients import CLIENTS
 from .principal import needs_scope, require_principal
 from .render import render
@@ -47,7 +47,7 @@ async def _list_keys(request: web.Request) -> list[dict[str, Any]]:
         )
     keys = []
     for k in found.keys:
-        item = serialize.api_key(k)
+        item: dict[str, Any] = dict(serialize.api_key(k))
         item["scopes"] = list(k.scopes)
         keys.append(item)
     return keys
@@ -117,7 +117,7 @@ async def keys_create(request: web.Request) -> web.Response:
         return await _keys_page(
             request, exc.http_status, errors={field or "form": exc.message}, values=values
         )
-    shown = serialize.api_key(created.key)
+    shown: dict[str, Any] = dict(serialize.api_key(created.key))
     shown["secret"] = created.secret
     resp = await _keys_page(request, 201, created=shown)
     resp.headers["Cache-Control"] = "no-store"

@@ -22,6 +22,7 @@ import grpc
 from opentelemetry import trace
 from PIL import Image, ImageOps
 
+from services.common import limits
 from services.common.config import SettingsError
 from services.common.errors import EaselError, invalid, unavailable
 
@@ -40,10 +41,10 @@ log = logging.getLogger(__name__)
 # with its job's context copied in.
 tracer = trace.get_tracer("easel.inference.engine")
 
-MAX_IMAGES = 8
-MAX_PROMPT_CHARS = 2000
-MAX_GUIDANCE = 30.0
-MAX_SEED = 2**64 - 1
+MAX_IMAGES = limits.IMAGES_PER_JOB_MAX
+MAX_PROMPT_CHARS = limits.PROMPT_MAX_CHARS
+MAX_GUIDANCE = limits.GUIDANCE_MAX
+MAX_SEED = limits.SEED_MAX
 # Upscale is a "hires fix": a light pass that sharpens the enlarged picture without redrawing it.
 UPSCALE_MAX_STRENGTH = 0.35
 # A variation keeps the composition of its source and changes the details.

@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common import limits
+
 from .schedulers import SAMPLERS
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "easel-model.json"
-KINDS = ("txt2img", "img2img", "inpaint", "upscale", "variation")
+KINDS = limits.JOB_KINDS
 FAMILIES = ("sd1", "sd2", "sdxl", "sd-turbo", "sdxl-turbo")
 # Names become NATS subject tokens, so no dots, wildcards or spaces.
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")

@@ -70,12 +70,12 @@ async def test_created_and_listed_keys_show_their_scopes(env: Env, gateway: Clie
 
 async def test_key_lifetimes_are_the_shared_limits(env: Env, gateway: Client, unique: str) -> None:
     user, password = await register(env, unique)
-    for ttl in (limits.API_KEY_TTL_MIN_S, limits.API_KEY_TTL_MAX_S):
+    for ttl in (limits.KEY_TTL_MIN_S, limits.KEY_TTL_MAX_S):
         made = await env.stub.CreateApiKey(
             auth_pb2.CreateApiKeyRequest(user_id=user.id, name="k", ttl_seconds=ttl)
         )
         assert made.key.expires_at.seconds - made.key.created_at.seconds == ttl
-    for ttl in (limits.API_KEY_TTL_MIN_S - 1, limits.API_KEY_TTL_MAX_S + 1):
+    for ttl in (limits.KEY_TTL_MIN_S - 1, limits.KEY_TTL_MAX_S + 1):
         err = await fails(
             env.stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(user_id=user.id, name="k", ttl_seconds=ttl))
         )
@@ -84,25 +84,25 @@ async def test_key_lifetimes_are_the_shared_limits(env: Env, gateway: Client, un
             "ttl_seconds",
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert f"between {limits.API_KEY_TTL_MIN_S} and {limits.API_KEY_TTL_MAX_S} seconds" in err.message
+        assert f"between {limits.KEY_TTL_MIN_S} and {limits.KEY_TTL_MAX_S} seconds" in err.message
 
     # The gateway answers the same numbers: the longest lifetime is accepted, one more is a 400.
     bearer = {"Authorization": f"Bearer {(await login(env, user.username, password)).token}"}
     resp = await gateway.post(
-        "/api/v1/keys", json={"name": "long", "ttl_seconds": limits.API_KEY_TTL_MAX_S}, headers=bearer
+        "/api/v1/keys", json={"name": "long", "ttl_seconds": limits.KEY_TTL_MAX_S}, headers=bearer
     )
     assert resp.status == 201, await resp.text()
     resp = await gateway.post(
-        "/api/v1/keys", json={"name": "too long", "ttl_seconds": limits.API_KEY_TTL_MAX_S + 1}, headers=bearer
+        "/api/v1/keys", json={"name": "too long", "ttl_seconds": limits.KEY_TTL_MAX_S + 1}, headers=bearer
     )
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "ttl_seconds"
 
 
 async def test_key_names_are_limited_to_the_shared_length(env: Env, unique: str) -> None:
     user, _ = await register(env, unique)
-    name = "n" * limits.API_KEY_NAME_MAX
+    name = "n" * limits.KEY_NAME_MAX_CHARS
     made = await env.stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(user_id=user.id, name=name))
     assert made.key.name == name
     err = await fails(env.stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(user_id=user.id, name=name + "n")))
     assert (err.code, err.field) == ("invalid_key_name", "name")
-    assert f"1 to {limits.API_KEY_NAME_MAX} printable characters" in err.message
+    assert f"1 to {limits.KEY_NAME_MAX_CHARS} printable characters" in err.message

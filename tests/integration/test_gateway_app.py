@@ -22,11 +22,10 @@ from grpc_health.v1._async import HealthServicer
 from easel.auth.v1 import auth_pb2, auth_pb2_grpc
 from easel.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.gateway import csrf, openapi
-from services.gateway.api_jobs import SHUTTING_DOWN
 from services.gateway.app import create_app
 from services.gateway.ratelimit import TokenBuckets
 from services.gateway.settings import GatewaySettings
-from services.gateway.urls import SETTINGS
+from services.gateway.state import STATE
 from services.local.infra import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -212,6 +211,8 @@ async def test_openapi_is_valid_and_covers_every_route(down: Client) -> None:
     refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc))
     assert refs and all(name in doc["components"]["schemas"] for name in refs)
     assert openapi.document() == doc
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)), ids
 
 
 async def test_metrics_use_route_templates_and_are_not_on_the_public_port(down: Client) -> None:
@@ -470,11 +471,11 @@ async def test_idle_stream_keeps_alive_and_ends_on_shutdown(fakes: Client) -> No
         while not any(line.startswith(":") for line in seen):
             seen.append((await resp.content.readline()).decode().strip())
         assert "id: 1" in seen
-        fakes.app[SHUTTING_DOWN].set()  # what on_shutdown does when the gateway stops
+        fakes.app[STATE].shutting_down.set()  # what on_shutdown does when the gateway stops
         try:
             rest = await resp.content.read()  # the server ends the stream
         finally:
-            fakes.app[SHUTTING_DOWN].clear()
+            fakes.app[STATE].shutting_down.clear()
     assert b"event: " not in rest
 
 
@@ -490,7 +491,7 @@ def test_token_bucket_refills_at_its_rate() -> None:
 
 
 async def test_anonymous_and_signed_in_callers_are_rate_limited_with_retry_after(fakes: Client) -> None:
-    settings = fakes.server.app[SETTINGS].model_copy(
+    settings = fakes.server.app[STATE].settings.model_copy(
         update={
             "rate_limit_client_per_s": 0.1,
             "rate_limit_client_burst": 3,

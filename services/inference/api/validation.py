@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from easel.inference.v1 import inference_pb2
+from services.common import limits
 from services.common.errors import EaselError, invalid
 from services.inference.messages import EDIT_KINDS, JobParams
 from services.inference.models import KINDS, ModelManifest, ModelsDirError, discover_models
@@ -25,9 +26,9 @@ from services.inference.schedulers import resolve_sampler
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGES = 8
-MAX_SEED = 2**32 - 1
-MAX_GUIDANCE = 30.0
+MAX_IMAGES = limits.IMAGES_PER_JOB_MAX
+MAX_SEED = limits.SEED_MAX
+MAX_GUIDANCE = limits.GUIDANCE_MAX
 DEFAULT_STRENGTH = 0.75
 PREFERRED_DEFAULT = "tiny-sd"
 
