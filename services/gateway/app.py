@@ -13,8 +13,6 @@ from . import (
     api_edits,
     api_images,
     api_jobs,
-    compat_a1111,
-    compat_openai,
     openapi,
     ratelimit,
     web_account,
@@ -22,6 +20,8 @@ from . import (
 from . import web as web_ui
 from .api_jobs import SHUTTING_DOWN
 from .clients import CLIENTS, clients_ctx
+from .compat import a1111 as compat_a1111
+from .compat import openai as compat_openai
 from .middleware import MIDDLEWARES, on_response_prepare
 from .principal import no_auth
 from .render import ENV, STATIC_DIR, make_env

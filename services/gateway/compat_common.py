@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import json
 import logging
 import math
 import re
@@ -37,7 +38,7 @@ from services.common.errors import EaselError, invalid, unauthenticated, unavail
 from services.common.grpc_client import stream_user_errors, user_errors
 
 from .api_jobs import SHUTTING_DOWN
-from .bodies import Body
+from .bodies import JSON_TYPES, Body
 from .clients import CLIENTS
 from .principal import PRINCIPAL, Principal
 from .serialize import TERMINAL
@@ -79,6 +80,44 @@ def with_upload_limit(request: web.Request) -> web.Request:
         return request.clone(client_max_size=limit)
     except RuntimeError:  # read with request.read() already
         return request
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
+
+
+async def read_body(request: web.Request, required: bool = True) -> Body:
+    """A JSON object body, sent as JSON or without any Content-Type.
+
+    Clients of the compatible APIs send JSON without saying so (Dify's A1111 tool posts `data=`
+    without a Content-Type; FastAPI, which A1111 runs on, parses such a body as JSON). Any other
+    declared type is refused (415), as FastAPI refuses it: forms and text/plain are what forged
+    cross-site posts use."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise invalid("missing_body", "Send a JSON object as the request body.")
+        return Body({})
+    ctype = request.content_type
+    if "Content-Type" in request.headers:
+        if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+            raise web.HTTPUnsupportedMediaType()
+    elif "Origin" in request.headers:
+        # A page in a browser can post a body without a Content-Type (a Blob without a type) and
+        # the browser may add cached HTTP Basic credentials: only clients outside browsers, which
+        # send no Origin, may leave the type out.
+        raise web.HTTPUnsupportedMediaType()
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid("invalid_json", f"The body is not valid JSON ({exc}); fix the syntax.") from None
+    except ValueError as exc:
+        raise invalid("invalid_json", f"The body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise invalid("invalid_json", "The body is not valid JSON: it is nested too deeply.") from None
+    if not isinstance(data, dict):
+        raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
+    return Body(data)
 
 
 def is_multipart(request: web.Request) -> bool:
@@ -587,6 +626,7 @@ __all__ = [
     "looks_like_token",
     "open_image",
     "png_size",
+    "read_body",
     "read_form",
     "read_image",
     "submit_job",
