@@ -117,7 +117,38 @@ async def read_body(request: web.Request, required: bool = True) -> Body:
         raise invalid("invalid_json", "The body is not valid JSON: it is nested too deeply.") from None
     if not isinstance(data, dict):
         raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
+    for name, value in data.items():
+        check_text(value, name)
     return Body(data)
+
+
+def _bad_text(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON can spell one as "\ud800")
+        return True
+    return False
+
+
+def check_text(value: object, field: str, depth: int = 0) -> None:
+    """Refuses NUL characters and lone surrogates anywhere in a field (nested too): no stored text
+    can hold them, so they would fail further on instead of here, with a 400 naming the field."""
+    if isinstance(value, str):
+        if _bad_text(value):
+            raise invalid(
+                "invalid_text",
+                f"'{field}' contains a NUL character or an unpaired surrogate; send plain UTF-8 text.",
+                field=field,
+            )
+    elif isinstance(value, dict) and depth < 32:
+        for key, item in value.items():
+            check_text(key, field, depth + 1)
+            check_text(item, field, depth + 1)
+    elif isinstance(value, list) and depth < 32:
+        for item in value:
+            check_text(item, field, depth + 1)
 
 
 def is_multipart(request: web.Request) -> bool:
@@ -157,6 +188,7 @@ def typed_form(
     `field_names` renames fields on the way in (the error then names the field as it was sent)."""
     data: dict[str, Any] = {}
     for sent, raw in fields.items():
+        check_text(raw, sent)
         name = field_names.get(sent, sent)
         text = raw.strip()
         if text == "":
@@ -609,6 +641,7 @@ __all__ = [
     "basic_credentials",
     "basic_principal",
     "cancel_job",
+    "check_text",
     "decode_base64",
     "encode_base64",
     "encode_png",

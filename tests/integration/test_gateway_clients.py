@@ -668,6 +668,21 @@ def test_compatible_faces_refuse_bad_input_with_4xx(alice: User) -> None:
 
     resp = post("/sdapi/v1/txt2img", json={"prompt": "x", "sampler_name": "DPM++ 9M"})
     assert resp.status_code == 422 and resp.json()["detail"][0]["loc"] == ["body", "sampler_name"]
+    # NUL and lone surrogates (JSON can spell one) are refused before anything is stored.
+    for raw in (
+        '{"prompt": "a\\u0000b"}',
+        '{"prompt": "\\ud800"}',
+        '{"override_settings": {"x": "\\udfff"}}',
+    ):
+        resp = post("/sdapi/v1/txt2img", data=raw, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 422 and resp.json()["detail"][0]["type"] == "invalid_text", (
+            raw,
+            resp.text,
+        )
+    resp = post(
+        "/sdapi/v1/options", data='{"sd_vae": "\\u0000"}', headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 422
 
     bearer = {"Authorization": f"Bearer {alice.key}"}
     cases: list[tuple[dict[str, Any], str]] = [
@@ -678,6 +693,21 @@ def test_compatible_faces_refuse_bad_input_with_4xx(alice: User) -> None:
     for bad_body, param in cases:
         resp = requests.post(f"{base}/v1/images/generations", json=bad_body, headers=bearer, timeout=30)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+    resp = requests.post(
+        f"{base}/v1/images/generations",
+        data='{"prompt": "\\ud800"}',
+        headers={**bearer, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "prompt", resp.text
+    resp = requests.post(
+        f"{base}/v1/images/edits",
+        data={"prompt": "a\x00b"},
+        files={"image": ("a.png", png_bytes(), "image/png")},
+        headers=bearer,
+        timeout=30,
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_text", resp.text
     too_many = [("image[]", (f"{i}.png", png_bytes(), "image/png")) for i in range(17)]
     resp = requests.post(
         f"{base}/v1/images/edits", data={"prompt": "x"}, files=too_many, headers=bearer, timeout=60

@@ -47,6 +47,18 @@ class Operation:
     errors: tuple[int, ...] = (401, 403, 404, 409, 413, 422, 429, 500, 503)
 
 
+class StudioErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class StudioError(BaseModel):
+    """The studio's own error shape, which the gateway's request rate limit answers in."""
+
+    error: StudioErrorBody
+
+
 def _schema_of(answer: Answer) -> dict[str, Any]:
     if answer.null:
         return {"type": "null"}
@@ -63,7 +75,7 @@ def _document(
     error_for: dict[int, type[BaseModel]],
     security_schemes: dict[str, Any],
 ) -> dict[str, Any]:
-    models: set[type[BaseModel]] = set(error_for.values())
+    models: set[type[BaseModel]] = {*error_for.values(), StudioError}
     for op in operations:
         if op.body is not None:
             models.add(op.body)
@@ -108,9 +120,15 @@ def _document(
             }
         for status in op.errors:
             model = error_for.get(status, error_for[0])
+            schema: dict[str, Any] = {"$ref": _REF.format(model=model.__name__)}
+            description = "An error, in the original API's shape."
+            if status == 429:
+                # The gateway's request rate limit answers before the face does, in the studio's shape.
+                schema = {"anyOf": [schema, {"$ref": _REF.format(model=StudioError.__name__)}]}
+                description = "Too many requests: in the original API's shape, or the studio's (rate limit)."
             responses[str(status)] = {
-                "description": "An error, in the original API's shape.",
-                "content": {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}},
+                "description": description,
+                "content": {"application/json": {"schema": schema}},
             }
         entry["responses"] = responses
         if not op.secured:
@@ -127,6 +145,7 @@ def _document(
 
 # --- OpenAI --------------------------------------------------------------------------------------
 
+_OPENAI_ERRORS = (400, 401, 403, 404, 413, 415, 429, 500, 503)
 _OPENAI_OPERATIONS = [
     Operation(
         "post",
@@ -134,6 +153,7 @@ _OPENAI_OPERATIONS = [
         "Make images from a prompt (synchronous: answers when the job is done).",
         Answer("The images.", oai.ImagesResponse),
         body=oai.GenerateRequest,
+        errors=_OPENAI_ERRORS,
     ),
     Operation(
         "post",
@@ -142,6 +162,7 @@ _OPENAI_OPERATIONS = [
         Answer("The images.", oai.ImagesResponse),
         body=oai.EditRequest,
         body_kind="multipart",
+        errors=_OPENAI_ERRORS,
     ),
     Operation(
         "post",
@@ -150,14 +171,22 @@ _OPENAI_OPERATIONS = [
         Answer("The images.", oai.ImagesResponse),
         body=oai.VariationRequest,
         body_kind="multipart",
+        errors=_OPENAI_ERRORS,
     ),
-    Operation("get", "/v1/models", "The installed models.", Answer("The models.", oai.ModelList)),
+    Operation(
+        "get",
+        "/v1/models",
+        "The installed models.",
+        Answer("The models.", oai.ModelList),
+        errors=(401, 403, 429, 500, 503),
+    ),
     Operation(
         "get",
         "/v1/models/{model}",
         "One installed model.",
         Answer("The model.", oai.Model),
         path_params={"model": {"type": "string", "maxLength": 200}},
+        errors=(401, 403, 404, 429, 500, 503),
     ),
     Operation(
         "get",

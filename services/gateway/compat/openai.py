@@ -44,7 +44,7 @@ from services.common.grpc_client import user_errors
 
 from ..api_edits import DEFAULT_EDIT_PROMPT, Source, edit_params, submit_edit
 from ..api_jobs import generation_params
-from ..bodies import Body, read_json
+from ..bodies import Body
 from ..clients import CLIENTS
 from ..compat_common import (
     alpha_of,
@@ -60,6 +60,7 @@ from ..compat_common import (
     job_failure,
     job_images,
     open_image,
+    read_body,
     read_form,
     read_image,
     submit_job,
@@ -351,7 +352,7 @@ def _mask_from_openai(image: bytes, mask: bytes | None) -> bytes | None:
 @openai_api
 async def generations(request: web.Request) -> web.StreamResponse:
     principal = await caller(request)
-    body = await read_json(request)
+    body = await read_body(request)
     out = output(body)
     model = model_name(body)
     no_stream(body)
