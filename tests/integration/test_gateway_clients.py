@@ -413,6 +413,16 @@ def test_librechat_gpt_image_tool(alice: User) -> None:
     assert resp2.status_code == 200, resp2.text
     assert image_of(resp2.json()["data"][0]["b64_json"]).size == (SIZE, SIZE)
 
+    # The openai package itself sends a list of images as image[] fields too.
+    edited = client.images.edit(
+        model="gpt-image-1",
+        image=[("a.png", png_bytes(), "image/png"), ("b.png", png_bytes((9, 9, 9)), "image/png")],
+        prompt="add a moon",
+        size="auto",
+        extra_body={"steps": STEPS},
+    )
+    assert edited.data and edited.data[0].b64_json and edited.output_format == "png"
+
 
 def test_librechat_dalle3_tool(alice: User) -> None:
     """danny-avila/LibreChat api/app/clients/tools/structured/DALLE3.js: openai.images.generate({
@@ -632,9 +642,9 @@ def test_compatible_faces_refuse_bad_input_with_4xx(alice: User) -> None:
     base = alice.base
     auth = {"Authorization": alice.basic}
 
-    def post(path: str, **kwargs: Any) -> requests.Response:
+    def post(path: str, timeout_s: float = 30, **kwargs: Any) -> requests.Response:
         return requests.post(
-            f"{base}{path}", headers={**auth, **kwargs.pop("headers", {})}, timeout=30, **kwargs
+            f"{base}{path}", headers={**auth, **kwargs.pop("headers", {})}, timeout=timeout_s, **kwargs
         )
 
     resp = post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope.safetensors [abc]"})
@@ -708,6 +718,19 @@ def test_compatible_faces_refuse_bad_input_with_4xx(alice: User) -> None:
         timeout=30,
     )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_text", resp.text
+    big = {"prompt": "x", "negative_prompt": "y" * (2 * 1024 * 1024)}
+    resp = requests.post(f"{base}/v1/images/generations", json=big, headers=bearer, timeout=30)
+    assert resp.status_code == 413 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
+    resp = post("/sdapi/v1/txt2img", json=big)
+    assert resp.status_code == 413 and resp.json()["error"] == "HTTPException", resp.text
+    # A checkpoint by title with A1111's decorations, in another case, is found.
+    checkpoint = {"sd_model_checkpoint": "Tiny-SDXL.safetensors [0a1b2c]"}
+    resp = post(
+        "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "override_settings": checkpoint}, timeout_s=120
+    )
+    assert resp.status_code == 200 and json.loads(resp.json()["info"])["sd_model_name"] == "tiny-sdxl", (
+        resp.text
+    )
     too_many = [("image[]", (f"{i}.png", png_bytes(), "image/png")) for i in range(17)]
     resp = requests.post(
         f"{base}/v1/images/edits", data={"prompt": "x"}, files=too_many, headers=bearer, timeout=60

@@ -382,7 +382,12 @@ async def generation_for(
     caller's sd_model_checkpoint option, else the studio's default."""
     model, params = generation(body)
     options = await a1111_options.saved(request, principal)
-    if not model:
+    if model:
+        # By title or model_name, with or without A1111's extension and hash; a name matching no
+        # installed model goes on as sent, and inference answers 404 listing the installed ones.
+        found = a1111_options.find_model(await a1111_options.installed_models(request), model)
+        model = found.name if found is not None else model
+    else:
         chosen = options.get("sd_model_checkpoint")
         model = chosen if isinstance(chosen, str) else ""
     return model, params, options
