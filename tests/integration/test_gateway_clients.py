@@ -589,6 +589,16 @@ def test_webuiapi_every_supported_call_returns_data(alice: User) -> None:
     assert result.info["seed"] == 77 and result.info["sd_model_name"] == "tiny-sd"
     described = api.png_info(result.image)
     assert described.info.startswith("a red fox\n") and "Seed: 77" in described.info
+
+    # samples_format is the user's too: WebP images, their parameters in EXIF as A1111 writes them.
+    api.set_options({"samples_format": "webp", "jpeg_quality": 90})
+    webp = api.txt2img(prompt="a blue fox", width=SIZE, height=SIZE, steps=STEPS, seed=78)
+    assert webp.image.format == "WEBP"
+    found = requests.post(
+        f"{alice.base}/sdapi/v1/png-info", json={"image": webp.json["images"][0]}, timeout=30
+    ).json()
+    assert found["parameters"]["Seed"] == "78" and found["info"].startswith("a blue fox\n")
+    api.set_options({"samples_format": "png"})
     assert api.interrupt() == {}
 
 

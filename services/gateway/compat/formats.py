@@ -32,21 +32,37 @@ def mime_type(fmt: str) -> str:
     return FORMATS[canonical(fmt) or "png"][1]
 
 
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+
+
+def _exif_for(parameters: str | None) -> Image.Exif:
+    """EXIF carrying A1111's parameters text in UserComment, where A1111 writes it for JPEG and
+    WebP (and where /sdapi/v1/png-info reads it back)."""
+    exif = Image.Exif()
+    if parameters:
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\x00" + parameters.encode("utf-16-be")
+    return exif
+
+
 def _convert(png: bytes, fmt: str, quality: int) -> bytes:
     pil_name = FORMATS[fmt][0]
     with Image.open(io.BytesIO(png)) as im:
         im.load()
+        parameters = im.info.get("parameters")
+        exif = _exif_for(parameters if isinstance(parameters, str) else None)
         out = io.BytesIO()
         if pil_name == "JPEG":
-            im.convert("RGB").save(out, "JPEG", quality=quality)
+            im.convert("RGB").save(out, "JPEG", quality=quality, exif=exif)
         else:
-            im.save(out, pil_name, quality=quality)
+            im.save(out, pil_name, quality=quality, exif=exif)
         return out.getvalue()
 
 
 async def convert(png: bytes, fmt: str, quality: int = 100) -> bytes:
-    """The image in `fmt` ('png' returns it unchanged). `quality` 0-100 as OpenAI's
-    output_compression and A1111's jpeg_quality mean it. Runs in a thread (CPU work)."""
+    """The image in `fmt` ('png' returns it unchanged, text chunks and all; JPEG and WebP carry the
+    parameters text in EXIF). `quality` 0-100 as OpenAI's output_compression and A1111's
+    jpeg_quality mean it. Runs in a thread (CPU work)."""
     name = canonical(fmt) or "png"
     if name == "png":
         return png
