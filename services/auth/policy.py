@@ -5,6 +5,7 @@ Each rule that can fail has its own error code, and its message says what to cha
 
 from __future__ import annotations
 
+import json
 import re
 
 from services.common import limits
@@ -159,3 +160,40 @@ def check_scopes(requested: list[str]) -> list[str]:
         )
     # Keep the canonical order so that listings do not depend on how the caller spelled the request.
     return [s for s in SCOPES if s in set(requested)]
+
+
+# Compatible client faces that keep per-user settings, and how big those may grow.
+CLIENT_FACES = frozenset({"a1111"})
+CLIENT_SETTINGS_MAX = 16 * 1024
+
+
+def check_client_face(face: str) -> str:
+    if face not in CLIENT_FACES:
+        raise invalid(
+            "unknown_face",
+            f"No client settings for {face!r}; use one of: {', '.join(sorted(CLIENT_FACES))}.",
+            "face",
+        )
+    return face
+
+
+def check_client_settings(settings_json: str) -> str:
+    """The settings as compact JSON text: an object of at most CLIENT_SETTINGS_MAX bytes."""
+    if len(settings_json.encode()) > CLIENT_SETTINGS_MAX:
+        raise invalid(
+            "settings_too_large",
+            f"The settings take more than {CLIENT_SETTINGS_MAX} bytes; keep fewer or shorter values.",
+            "settings_json",
+        )
+    try:
+        value = json.loads(settings_json)
+    except ValueError:
+        raise invalid(
+            "invalid_settings", "The settings are not valid JSON; send a JSON object.", "settings_json"
+        ) from None
+    if not isinstance(value, dict):
+        raise invalid("invalid_settings", "The settings must be a JSON object.", "settings_json")
+    # Postgres jsonb refuses NUL characters in strings; so does this check, with a 400.
+    if "\\u0000" in settings_json:
+        raise invalid("invalid_settings", "The settings contain a NUL character; remove it.", "settings_json")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -299,6 +299,26 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def GetUser(self, request: auth_pb2.GetUserRequest, context: Context) -> auth_pb2.User:
         return self._user_pb(await self._existing_user(request.user_id))
 
+    # Settings of the compatible client faces
+
+    async def GetClientSettings(
+        self, request: auth_pb2.GetClientSettingsRequest, context: Context
+    ) -> auth_pb2.ClientSettings:
+        user = await self._existing_user(request.user_id)
+        face = policy.check_client_face(request.face)
+        saved = await self.db.client_settings(user.id, face)
+        return auth_pb2.ClientSettings(face=face, settings_json=saved or "{}")
+
+    async def PutClientSettings(
+        self, request: auth_pb2.PutClientSettingsRequest, context: Context
+    ) -> auth_pb2.ClientSettings:
+        user_id = _uuid(request.user_id, _user_not_found())
+        face = policy.check_client_face(request.face)
+        settings_json = policy.check_client_settings(request.settings_json)
+        if not await self.db.put_client_settings(user_id, face, settings_json):
+            raise _user_not_found()
+        return auth_pb2.ClientSettings(face=face, settings_json=settings_json)
+
     # API keys
 
     async def CreateApiKey(

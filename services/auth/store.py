@@ -290,6 +290,29 @@ class Store:
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
         )
 
+    # Settings of the compatible client faces
+
+    async def client_settings(self, user_id: uuid.UUID, face: str) -> str | None:
+        """The saved JSON object (as text), or None when the user saved nothing for `face`."""
+        value = await self.pool.fetchval(
+            "SELECT settings::text FROM client_settings WHERE user_id = $1 AND face = $2", user_id, face
+        )
+        return str(value) if value is not None else None
+
+    async def put_client_settings(self, user_id: uuid.UUID, face: str, settings_json: str) -> bool:
+        """Saves the object; False when the user does not exist."""
+        try:
+            await self.pool.execute(
+                "INSERT INTO client_settings (user_id, face, settings) VALUES ($1, $2, $3::jsonb) "
+                "ON CONFLICT (user_id, face) DO UPDATE SET settings = EXCLUDED.settings, updated_at = now()",
+                user_id,
+                face,
+                settings_json,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            return False
+        return True
+
     # Housekeeping
 
     async def purge_sessions(self, older_than_s: float) -> int:

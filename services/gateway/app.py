@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import api, compat_a1111, compat_openai, web_account
+from . import api, web_account
 from . import web as web_ui
 from .api_jobs import SHUTTING_DOWN
 from .backend import Backend
 from .clients import CLIENTS, open_clients
+from .compat import a1111 as compat_a1111
+from .compat import openai as compat_openai
 from .middleware import MIDDLEWARES, on_response_prepare
 from .ratelimit import TokenBuckets
 from .render import STATIC_DIR, make_env

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import json
 import logging
 import math
 import re
@@ -38,7 +39,7 @@ from services.common.grpc_client import stream_user_errors, user_errors
 
 from . import textcheck
 from .api_jobs import SHUTTING_DOWN
-from .bodies import Body
+from .bodies import JSON_TYPES, Body
 from .clients import CLIENTS
 from .principal import PRINCIPAL, Principal
 from .serialize import TERMINAL
@@ -82,6 +83,75 @@ def with_upload_limit(request: web.Request) -> web.Request:
         return request
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
+
+
+async def read_body(request: web.Request, required: bool = True) -> Body:
+    """A JSON object body, sent as JSON or without any Content-Type.
+
+    Clients of the compatible APIs send JSON without saying so (Dify's A1111 tool posts `data=`
+    without a Content-Type; FastAPI, which A1111 runs on, parses such a body as JSON). Any other
+    declared type is refused (415), as FastAPI refuses it: forms and text/plain are what forged
+    cross-site posts use."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise invalid("missing_body", "Send a JSON object as the request body.")
+        return Body({})
+    ctype = request.content_type
+    if "Content-Type" in request.headers:
+        if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+            raise web.HTTPUnsupportedMediaType()
+    elif "Origin" in request.headers:
+        # A page in a browser can post a body without a Content-Type (a Blob without a type) and
+        # the browser may add cached HTTP Basic credentials: only clients outside browsers, which
+        # send no Origin, may leave the type out.
+        raise web.HTTPUnsupportedMediaType()
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid("invalid_json", f"The body is not valid JSON ({exc}); fix the syntax.") from None
+    except ValueError as exc:
+        raise invalid("invalid_json", f"The body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise invalid("invalid_json", "The body is not valid JSON: it is nested too deeply.") from None
+    if not isinstance(data, dict):
+        raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
+    for name, value in data.items():
+        check_text(value, name)
+    return Body(data)
+
+
+def _bad_text(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON can spell one as "\ud800")
+        return True
+    return False
+
+
+def check_text(value: object, field: str, depth: int = 0) -> None:
+    """Refuses NUL characters and lone surrogates anywhere in a field (nested too): no stored text
+    can hold them, so they would fail further on instead of here, with a 400 naming the field."""
+    if isinstance(value, str):
+        if _bad_text(value):
+            raise invalid(
+                "invalid_text",
+                f"'{field}' contains a NUL character or an unpaired surrogate; send plain UTF-8 text.",
+                field=field,
+            )
+    elif isinstance(value, dict) and depth < 32:
+        for key, item in value.items():
+            check_text(key, field, depth + 1)
+            check_text(item, field, depth + 1)
+    elif isinstance(value, list) and depth < 32:
+        for item in value:
+            check_text(item, field, depth + 1)
+
+
 def is_multipart(request: web.Request) -> bool:
     return request.content_type == "multipart/form-data"
 
@@ -120,6 +190,7 @@ def typed_form(
     `field_names` renames fields on the way in (the error then names the field as it was sent)."""
     data: dict[str, Any] = {}
     for sent, raw in fields.items():
+        check_text(raw, sent)
         name = field_names.get(sent, sent)
         text = raw.strip()
         if text == "":
@@ -572,6 +643,7 @@ __all__ = [
     "basic_credentials",
     "basic_principal",
     "cancel_job",
+    "check_text",
     "decode_base64",
     "encode_base64",
     "encode_png",
@@ -589,6 +661,7 @@ __all__ = [
     "looks_like_token",
     "open_image",
     "png_size",
+    "read_body",
     "read_form",
     "read_image",
     "submit_job",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from services.common.config import CommonSettings
 
@@ -36,6 +37,15 @@ class GatewaySettings(CommonSettings):
     rate_limit_user_burst: int = Field(default=300, ge=1)
     rate_limit_client_per_s: float = Field(default=20.0, gt=0)
     rate_limit_client_burst: int = Field(default=200, ge=1)
+    # Key for the signed, expiring image URLs of the OpenAI-compatible API (`response_format=url`),
+    # which clients fetch without credentials. Unset: a random key per process, so such URLs stop
+    # working when the gateway restarts and work only on the replica that made them; set the same
+    # value (32 random bytes or more) on every replica.
+    signed_url_secret: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)), min_length=16
+    )
+    # How long such a URL stays valid (OpenAI's last an hour).
+    signed_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
     @field_validator("public_url")
     @classmethod

@@ -406,9 +406,22 @@ def test_openai_generate_b64_and_url(alice: Account) -> None:
     )
     assert res.data is not None and len(res.data) == 1 and res.data[0].url
     url = res.data[0].url
-    assert url.startswith(alice.base + "/")
-    assert download(alice, url).size == (SIZE, SIZE)  # reachable with the same bearer key
-    assert requests.get(url, timeout=30).status_code == 404  # and private to its owner
+    assert url.startswith(alice.base + "/v1/images/files/") and ".png?" in url
+    # Signed and expiring, as OpenAI's are: fetched without any credential.
+    plain = requests.get(url, timeout=30)
+    assert plain.status_code == 200 and plain.headers["Content-Type"] == "image/png"
+    assert decode(plain.content).size == (SIZE, SIZE)
+    assert "max-age=" in plain.headers["Cache-Control"]
+    # Altering any part of it breaks the signature.
+    image_id = urlparse(url).path.rsplit("/", 1)[-1].split(".")[0]
+    for forged in (
+        url.replace(".png?", ".webp?"),
+        url.replace("expires=", "expires=9"),
+        url.replace(image_id, str(uuid.uuid4())),
+        url.split("&sig=")[0],
+    ):
+        resp = requests.get(forged, timeout=30)
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "invalid_signature", forged
 
 
 def test_openai_edit_converts_a_transparent_mask(alice: Account) -> None:

@@ -1,9 +1,10 @@
-"""Property-based checks of the public API against its own OpenAPI document (schemathesis).
+"""Property-based checks of the public APIs against their own OpenAPI documents (schemathesis).
 
-Every operation in /api/v1/openapi.json gets a few generated requests, valid ones and (fewer) wrong
+Every operation in /api/v1/openapi.json, and in the compatible faces' /v1/openapi.json (OpenAI) and
+/sdapi/v1/openapi.json (AUTOMATIC1111), gets a few generated requests, valid ones and (fewer) wrong
 ones, sent to the real stack as a logged-in user. No answer may be a 5xx, and every answer to a
 valid request must match the document: a documented status code, its content type, its headers and
-its schema. Bounded: a few examples per operation and a time budget for the whole run.
+its schema. Bounded: a few examples per operation and a time budget for each document.
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ NEGATIVE = [not_a_server_error, content_type_conformance]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, models_dir: Path) -> Iterator[Stack]:
-    """The fuzzer's jobs and images stay out of every other test's way."""
-    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "fuzz") as s:
+    """The fuzzer's jobs and images stay out of every other test's way. The compatible faces
+    authenticate in their handlers, so the gateway limits their callers per address, as anonymous:
+    lifted here, so that the fuzzer's requests reach the handlers (the limits have their own tests)."""
+    unlimited = {"EASEL_RATE_LIMIT_CLIENT_PER_S": "100000", "EASEL_RATE_LIMIT_CLIENT_BURST": "100000"}
+    with isolated_stack(tmp_path_factory, postgres_url, models_dir, "fuzz", extra_env=unlimited) as s:
         yield s
 
 
@@ -86,6 +90,8 @@ def _run_operation(
     deadline: float,
     failures: list[str],
     counter: list[int],
+    timeout: float = 20,
+    shrink: Callable[[Case[Any]], None] | None = None,
 ) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
@@ -100,7 +106,9 @@ def _run_operation(
         if time.monotonic() > deadline:
             return
         counter[0] += 1
-        response = case.call(base_url=base, headers=headers(), timeout=20)
+        if shrink is not None:
+            shrink(case)
+        response = case.call(base_url=base, headers=headers(), timeout=timeout)
         try:
             case.validate_response(response, checks=checks)
         except (FailureGroup, AssertionError) as exc:
@@ -167,5 +175,93 @@ def test_api_conforms_to_its_openapi_document(stack: Stack) -> None:
         )
     print(f"\nschemathesis: {counter[0]} requests over {len(operations)} operations")
     # The budget is a bound, not the goal: most operations must have been exercised.
+    assert counter[0] >= len(operations) * 2, counter[0]
+    assert not failures, "\n\n".join(failures)
+
+
+# The compatible faces answer synchronously: a valid generation runs a job before it answers. Those
+# get fewer examples, a longer timeout, and valid bodies shrunk to a small, quick job.
+COMPAT_BUDGET_S = 90.0
+SYNCHRONOUS = frozenset(
+    {
+        "/sdapi/v1/txt2img",
+        "/sdapi/v1/img2img",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/images/variations",
+    }
+)
+
+
+def _small_job(case: Case[Any]) -> None:
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    for name, small in (
+        ("steps", 2),
+        ("batch_size", 1),
+        ("n_iter", 1),
+        ("n", 1),
+        ("width", 64),
+        ("height", 64),
+    ):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > small:
+            body[name] = small
+    if isinstance(body.get("size"), str) and body["size"] != "auto":
+        body["size"] = "64x64"
+
+
+@pytest.mark.parametrize("document", ["/v1/openapi.json", "/sdapi/v1/openapi.json"])
+def test_compatible_apis_conform_to_their_documents(stack: Stack, document: str) -> None:
+    base = stack.gateway_url
+    username = f"compat{uuid.uuid4().hex[:8]}"
+    status, body = _post(
+        f"{base}/api/v1/auth/register",
+        {"username": username, "email": f"{username}@example.com", "password": PASSWORD},
+    )
+    assert status == 201, body
+    token = _login(base, username)
+    req = urllib.request.Request(
+        f"{base}/api/v1/keys",
+        data=json.dumps({"name": "fuzz"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        key = json.loads(resp.read())["key"]
+
+    def bearer() -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    schema = schemathesis.openapi.from_url(f"{base}{document}")
+    results = list(schema.get_all_operations())
+    assert all(isinstance(r, Ok) for r in results), results
+    operations = [r.ok() for r in results if isinstance(r, Ok)]
+    assert len(operations) >= (6 if document.startswith("/v1/") else 25), [op.label for op in operations]
+
+    deadline = time.monotonic() + COMPAT_BUDGET_S
+    failures: list[str] = []
+    counter = [0]
+    for mode, examples, checks in (
+        (GenerationMode.POSITIVE, POSITIVE_EXAMPLES, CONFORMANCE),
+        (GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES, NEGATIVE),
+    ):
+        for operation in operations:
+            slow = operation.path in SYNCHRONOUS
+            _run_operation(
+                operation,
+                mode,
+                3 if slow else examples,
+                bearer,
+                base,
+                checks,
+                deadline,
+                failures,
+                counter,
+                timeout=120 if slow else 20,
+                shrink=_small_job if slow and mode == GenerationMode.POSITIVE else None,
+            )
+    print(f"\nschemathesis {document}: {counter[0]} requests over {len(operations)} operations")
     assert counter[0] >= len(operations) * 2, counter[0]
     assert not failures, "\n\n".join(failures)

@@ -432,6 +432,36 @@ MATRIX: list[Case] = [
     Case("GET", "/sdapi/v1/schedulers", signed_in(200, anon=(401, None)), shape="a1111"),
     Case("GET", "/sdapi/v1/scripts", signed_in(200, anon=(401, None)), shape="a1111"),
     Case("GET", "/sdapi/v1/options", signed_in(200, anon=(401, None)), shape="a1111"),
+    Case(
+        "POST", "/sdapi/v1/options", signed_in(200, anon=(401, None)), {"sd_vae": "Automatic"}, shape="a1111"
+    ),
+    *(
+        Case("GET", f"/sdapi/v1/{name}", signed_in(200, anon=(401, None)), shape="a1111")
+        for name in (
+            "upscalers",
+            "latent-upscale-modes",
+            "sd-vae",
+            "sd-modules",
+            "loras",
+            "hypernetworks",
+            "face-restorers",
+            "realesrgan-models",
+            "prompt-styles",
+            "script-info",
+            "extensions",
+            "embeddings",
+            "cmd-flags",
+            "memory",
+        )
+    ),
+    *(
+        Case("POST", f"/sdapi/v1/{name}", signed_in(200, anon=(401, None)), shape="a1111")
+        for name in ("refresh-checkpoints", "refresh-vae", "refresh-loras")
+    ),
+    # png-info reads only the bytes it is sent: no credential needed (a bad image is a 422 for all).
+    Case("POST", "/sdapi/v1/png-info", everyone(422), {"image": "not base64!"}, shape="a1111"),
+    Case("GET", "/sdapi/v1/openapi.json", everyone(200)),
+    Case("GET", "/v1/openapi.json", everyone(200)),
 ]
 
 # Routes the matrix need not cover: no credential involved, or covered by their own tests below.
@@ -441,6 +471,9 @@ NOT_IN_MATRIX = {
     ("GET", "/metrics"),
     ("POST", "/api/v1/auth/register"),  # anonymous by nature: see the rate-limit and body tests
     ("POST", "/api/v1/auth/login"),
+    # Signed image URLs of the OpenAI-compatible API: no credential but the signature (see
+    # tests/integration/test_gateway_compat.py, which alters each part of one).
+    ("GET", "/v1/images/files/{name}"),
 }
 
 

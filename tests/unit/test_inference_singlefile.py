@@ -25,8 +25,8 @@ from services.inference.singlefile import (
     fits,
     import_checkpoint,
     read_header,
-    short_hash,
     sha256_of,
+    short_hash,
     sync_checkpoints,
 )
 from services.inference.testmodel import ensure_bundled

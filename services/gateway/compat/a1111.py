@@ -1,23 +1,37 @@
-"""An AUTOMATIC1111-compatible API subset: `/sdapi/v1/txt2img`, `/sdapi/v1/img2img`,
-`/sdapi/v1/progress`, `/sdapi/v1/interrupt`, `/sdapi/v1/sd-models`, `/sdapi/v1/samplers` (and the
-small `/sdapi/v1/schedulers`, `/sdapi/v1/scripts` and `GET /sdapi/v1/options` that clients such as
-`webuiapi` look at).
+"""An AUTOMATIC1111-compatible API: `/sdapi/v1/txt2img`, `/img2img`, `/progress`, `/interrupt`,
+`/options` (GET and POST), `/png-info`, and the lists clients load before they generate
+(`/sd-models`, `/samplers`, `/schedulers`, `/upscalers`, `/latent-upscale-modes`, `/sd-vae`,
+`/sd-modules`, `/loras`, `/embeddings`, `/hypernetworks`, `/face-restorers`, `/realesrgan-models`,
+`/prompt-styles`, `/scripts`, `/script-info`, `/extensions`, `/cmd-flags`, `/memory`), with its
+document at `/sdapi/v1/openapi.json`.
 
-Clients written for the web UI's API work unchanged: same request fields, answers `{images: [base64
-PNG], parameters: <the request>, info: "<JSON string: seed, all_seeds, prompt, ...>"}`, errors in its
-FastAPI shapes (422 `{"detail": [{loc, msg, type}]}` for bad input, `{"error", "detail", "body",
-"errors"}` for the rest). Authentication as with `--api-auth`: HTTP Basic with username and
-password (checked by auth's Login, with its throttling) or username and API key, or a bearer token.
+Clients written for the web UI's API work unchanged (Open WebUI, SillyTavern, LibreChat, Dify,
+webuiapi, the Photoshop plugin): same request fields, answers `{images: [base64], parameters:
+<the request's A1111 fields>, info: "<JSON string with A1111's keys>"}`, errors in its FastAPI
+shapes (422 `{"detail": [{loc, msg, type}]}` for bad input, `{"error", "detail", "body", "errors"}`
+for the rest). Authentication as with `--api-auth`: HTTP Basic with username and password (checked
+by auth's Login, with its throttling) or username and API key, or a bearer token. Bodies are JSON
+with or without a Content-Type header (Dify sends none).
 
 Where the studio differs:
+- Options are kept per user, not per server (see a1111_options): one user's model switch does not
+  change anyone else's. `sd_model_checkpoint` there, or in a request's `override_settings`, picks
+  the model, by title or model_name.
 - Each user has their own queue: /progress and /interrupt see only the caller's own current job
-  (the oldest running one, else the oldest queued one).
+  (the oldest running one, else the oldest queued one); with nothing running /progress is idle.
+- /interrupt cancels the job. The worker keeps no partial image of a cancelled job, so the pending
+  txt2img answers 200 with `images: []` and `info` saying `interrupted: true` - what A1111 answers
+  when it is interrupted before its first image is done.
 - Absent `steps`, `cfg_scale`, `width`, `height` mean the model's defaults (the web UI's are 50,
   7 and 512x512, too big for some models); send them to be explicit.
-- `override_settings.sd_model_checkpoint` picks the model (a title from /sdapi/v1/sd-models).
+- Sampler names may carry the schedule ("DPM++ 2M Karras"); `scheduler` values other than karras
+  mean automatic, as A1111 treats names it does not know. "DPM++ SDE" runs as DPM++ 2M SDE, the
+  nearest sampler installed here; `info` says which sampler ran.
 - `mask_blur`, `inpainting_fill`, `inpaint_full_res`, `resize_mode`, `restore_faces`, `tiling`,
-  `styles`, `subseed*`, `eta`, `s_*` are accepted and ignored; `enable_hr`, `script_name` and
-  `alwayson_scripts` (features the studio lacks) are refused with 422.
+  `styles`, `subseed*`, `eta`, `s_*`, `script_args` and unknown fields are accepted and ignored;
+  `enable_hr`, `script_name` and non-empty `alwayson_scripts` (features the studio lacks) are
+  refused with 422. The lists of LoRAs, embeddings, VAEs and the like are empty: the studio does
+  not offer them through this API.
 - Images are always kept in the caller's gallery (`save_images` is ignored).
 """
 
@@ -28,7 +42,6 @@ import datetime
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,13 +50,11 @@ from aiohttp import web
 
 from easel.inference.v1 import inference_pb2
 from services.common.errors import EaselError, invalid, unauthenticated
-from services.common.grpc_client import user_errors
 from services.inference.schedulers import A1111_SCHEDULERS, SAMPLERS, a1111_name, resolve_sampler
 
-from .api_edits import Source, submit_edit
-from .bodies import INT64_MAX, Body, read_json
-from .clients import CLIENTS
-from .compat_common import (
+from ..api_edits import Source, submit_edit
+from ..bodies import INT64_MAX, Body
+from ..compat_common import (
     alpha_of,
     authenticate_token,
     authorization,
@@ -59,12 +70,15 @@ from .compat_common import (
     list_jobs,
     open_image,
     png_size,
+    read_body,
     submit_job,
     wait_for_job,
     with_upload_limit,
 )
-from .principal import Principal, check_scope, no_auth
-from .serialize import params as job_params
+from ..principal import Principal, check_scope, no_auth
+from ..serialize import params as job_params
+from . import a1111_options, documents, formats, pnginfo
+from . import a1111_schemas as schemas
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -83,7 +97,8 @@ _FIELDS = {
     "mask_image_id": "mask",
     "model": "override_settings",
 }
-_TITLE_SUFFIX = re.compile(r"(\.safetensors|\.ckpt)?(\s*\[[0-9a-fA-F]+\])?\s*$")
+# A1111 sampler names this studio runs as the nearest sampler it has (the answer's info says which).
+_NEAREST_SAMPLER = {"dpm++ sde": "dpmpp_2m_sde"}
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -182,7 +197,7 @@ def _refuse_unsupported(body: Body) -> None:
 
 
 def model_of(body: Body) -> str:
-    """The model named by override_settings.sd_model_checkpoint ("" for the default)."""
+    """The model named by override_settings.sd_model_checkpoint ("" when not named there)."""
     overrides = body.data.get("override_settings")
     if overrides is None:
         return ""
@@ -196,7 +211,24 @@ def model_of(body: Body) -> str:
             "invalid_field", "'sd_model_checkpoint' must be a model title.", field="override_settings"
         )
     # The web UI's titles carry a file extension and a hash: "name.safetensors [abc123]".
-    return _TITLE_SUFFIX.sub("", title.strip())
+    return a1111_options.model_key(title)
+
+
+def sampler_of(name: str, scheduler: str) -> str:
+    """Our sampler for an A1111 name, which may carry the schedule ("DPM++ 2M Karras") or get it in
+    `scheduler`; schedules other than karras mean automatic (A1111 falls back for unknown ones)."""
+    sched = "karras" if scheduler.strip().lower() == "karras" else "automatic"
+    key = name.strip().lower()
+    if key.endswith(" karras"):
+        key, sched = key.removesuffix(" karras").strip(), "karras"
+    key = _NEAREST_SAMPLER.get(key, key)
+    try:
+        return resolve_sampler(key, sched)
+    except EaselError as exc:
+        if exc.code == "unknown_sampler":
+            exc.message = f"Sampler {name!r} not found; GET /sdapi/v1/samplers lists the ones here."
+        exc.field = "sampler_name" if exc.field in ("sampler", "scheduler") else exc.field
+        raise
 
 
 def generation(body: Body) -> tuple[str, inference_pb2.GenerationParams]:
@@ -216,17 +248,7 @@ def generation(body: Body) -> tuple[str, inference_pb2.GenerationParams]:
     sampler = body.string("sampler_name", max_len=100) or body.string("sampler_index", max_len=100) or ""
     scheduler = body.string("scheduler", max_len=100) or "automatic"
     if sampler:
-        try:
-            p.sampler = resolve_sampler(sampler, scheduler)
-        except EaselError as exc:
-            exc.field = "sampler_name" if exc.field == "sampler" else exc.field
-            raise
-    elif scheduler.strip().lower() not in A1111_SCHEDULERS:
-        raise invalid(
-            "unknown_scheduler",
-            f"Schedule type {scheduler!r} is not available; use one of: {', '.join(A1111_SCHEDULERS)}.",
-            field="scheduler",
-        )
+        p.sampler = sampler_of(sampler, scheduler)
     batch_size = body.integer("batch_size", minimum=1, maximum=64) or 1
     n_iter = body.integer("n_iter", minimum=1, maximum=64) or 1
     p.n = batch_size * n_iter
@@ -318,24 +340,57 @@ def info(job: inference_pb2.Job, body: Body, pngs: list[bytes], kind: str) -> di
     }
 
 
+def echoed(body: Body, kind: str) -> dict[str, Any]:
+    """`parameters` of the answer: the request's A1111 fields only. Clients send more (SillyTavern
+    sends its own `url` and `auth`, credentials included), which A1111's models drop too."""
+    known = schemas.TXT2IMG_FIELDS if kind == "txt2img" else schemas.IMG2IMG_FIELDS
+    parameters = {k: v for k, v in body.data.items() if k in known}
+    if kind != "txt2img" and body.data.get("include_init_images") is not True:
+        parameters["init_images"] = None
+        parameters["mask"] = None
+    return parameters
+
+
 async def answer(
-    request: web.Request, principal: Principal, job: inference_pb2.Job, body: Body, kind: str
+    request: web.Request,
+    principal: Principal,
+    job: inference_pb2.Job,
+    body: Body,
+    kind: str,
+    options: dict[str, Any],
 ) -> web.Response:
     """Waits for the job and answers as the web UI does. An interrupted (cancelled) job answers 200
-    without images, as the web UI answers with what it had when interrupted."""
+    without images, as the web UI answers when interrupted before its first image."""
     job = await wait_for_job(request, principal, job.id)
     if job.status == "failed":
         raise job_failure(job)
     pngs = await job_images(request, principal, job) if job.status == "completed" else []
-    send = body.data.get("send_images") is not False
-    images = [await encode_base64(png) for png in pngs] if send else []
-    parameters = dict(body.data)
-    if "init_images" in parameters and body.data.get("include_init_images") is not True:
-        parameters["init_images"] = None
-        parameters["mask"] = None
+    images: list[str] = []
+    if body.data.get("send_images") is not False:
+        fmt, quality = a1111_options.samples_format(options)
+        for png in pngs:
+            images.append(await encode_base64(await formats.convert(png, fmt, quality)))
     return web.json_response(
-        {"images": images, "parameters": parameters, "info": json.dumps(info(job, body, pngs, kind))}
+        {"images": images, "parameters": echoed(body, kind), "info": json.dumps(info(job, body, pngs, kind))}
     )
+
+
+async def generation_for(
+    request: web.Request, principal: Principal, body: Body
+) -> tuple[str, inference_pb2.GenerationParams, dict[str, Any]]:
+    """Model, parameters and the caller's options: the model named in override_settings, else the
+    caller's sd_model_checkpoint option, else the studio's default."""
+    model, params = generation(body)
+    options = await a1111_options.saved(request, principal)
+    if model:
+        # By title or model_name, with or without A1111's extension and hash; a name matching no
+        # installed model goes on as sent, and inference answers 404 listing the installed ones.
+        found = a1111_options.find_model(await a1111_options.installed_models(request), model)
+        model = found.name if found is not None else model
+    else:
+        chosen = options.get("sd_model_checkpoint")
+        model = chosen if isinstance(chosen, str) else ""
+    return model, params, options
 
 
 # --- routes --------------------------------------------------------------------------------------
@@ -345,18 +400,18 @@ async def answer(
 @a1111_api
 async def txt2img(request: web.Request) -> web.StreamResponse:
     principal = await caller(request)
-    body = await read_json(request)
-    model, params = generation(body)
+    body = await read_body(request)
+    model, params, options = await generation_for(request, principal, body)
     job = await submit_job(request, principal, "txt2img", model, params)
-    return await answer(request, principal, job, body, "txt2img")
+    return await answer(request, principal, job, body, "txt2img", options)
 
 
 @routes.post("/sdapi/v1/img2img")
 @a1111_api
 async def img2img(request: web.Request) -> web.StreamResponse:
     principal = await caller(request)
-    body = await read_json(with_upload_limit(request))
-    model, params = generation(body)
+    body = await read_body(with_upload_limit(request))
+    model, params, options = await generation_for(request, principal, body)
     init_images = body.data.get("init_images")
     if not isinstance(init_images, list) or not init_images:
         raise invalid("missing_image", "Send the image to edit in init_images (base64).", field="init_images")
@@ -374,7 +429,7 @@ async def img2img(request: web.Request) -> web.StreamResponse:
         mask = Source(data=await asyncio.to_thread(_a1111_mask, mask_bytes, inverted), filename="mask.png")
     kind = "inpaint" if mask is not None else "img2img"
     job = await submit_edit(request, principal, kind, model, params, image, mask)
-    return await answer(request, principal, job, body, kind)
+    return await answer(request, principal, job, body, kind, options)
 
 
 def current_job(jobs: list[inference_pb2.Job]) -> inference_pb2.Job | None:
@@ -443,12 +498,6 @@ async def interrupt(request: web.Request) -> web.StreamResponse:
     return web.json_response({})
 
 
-async def _models(request: web.Request) -> list[inference_pb2.ModelInfo]:
-    with user_errors("inference"):
-        found = await request.app[CLIENTS].inference.ListModels(inference_pb2.ListModelsRequest())
-    return list(found.models)
-
-
 @routes.get("/sdapi/v1/sd-models")
 @a1111_api
 async def sd_models(request: web.Request) -> web.StreamResponse:
@@ -463,7 +512,7 @@ async def sd_models(request: web.Request) -> web.StreamResponse:
                 "filename": m.name,
                 "config": None,
             }
-            for m in await _models(request)
+            for m in await a1111_options.installed_models(request)
         ]
     )
 
@@ -502,6 +551,55 @@ async def schedulers(request: web.Request) -> web.StreamResponse:
     )
 
 
+@routes.get("/sdapi/v1/upscalers")
+@a1111_api
+async def upscalers(request: web.Request) -> web.StreamResponse:
+    """ "None" (A1111's first entry) and the installed models that upscale (POST /api/v1/edits kind
+    upscale; hires. fix and the extras API are not available here)."""
+    await caller(request)
+    found: list[dict[str, Any]] = [
+        {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+    ]
+    for m in await a1111_options.installed_models(request):
+        if "upscale" in m.kinds:
+            found.append(
+                {"name": m.name, "model_name": m.name, "model_path": None, "model_url": None, "scale": None}
+            )
+    return web.json_response(found)
+
+
+def _empty_list(path: str, what: str) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await caller(request)
+        return web.json_response([])
+
+    handler.__name__ = handler.__qualname__ = path.rsplit("/", 1)[-1].replace("-", "_")
+    handler.__doc__ = f"Always empty: {what}"
+    routes.get(path)(a1111_api(handler))
+
+
+for _path, _what in (
+    ("/sdapi/v1/latent-upscale-modes", "hires. fix is not available here."),
+    ("/sdapi/v1/sd-vae", "each model runs with its own VAE."),
+    ("/sdapi/v1/sd-modules", "each model runs with its own modules (this list is Forge's)."),
+    ("/sdapi/v1/loras", "LoRAs are not offered through this API."),
+    ("/sdapi/v1/hypernetworks", "hypernetworks are not offered here."),
+    ("/sdapi/v1/face-restorers", "face restoration is not offered here."),
+    ("/sdapi/v1/realesrgan-models", "the extras upscalers are not offered here."),
+    ("/sdapi/v1/prompt-styles", "saved styles are not offered here."),
+    ("/sdapi/v1/script-info", "no scripts or extensions run here."),
+    ("/sdapi/v1/extensions", "no extensions run here."),
+):
+    _empty_list(_path, _what)
+
+
+@routes.get("/sdapi/v1/embeddings")
+@a1111_api
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    await caller(request)
+    return web.json_response({"loaded": {}, "skipped": {}})
+
+
 @routes.get("/sdapi/v1/scripts")
 @a1111_api
 async def scripts(request: web.Request) -> web.StreamResponse:
@@ -510,12 +608,79 @@ async def scripts(request: web.Request) -> web.StreamResponse:
     return web.json_response({"txt2img": [], "img2img": []})
 
 
+@routes.get("/sdapi/v1/cmd-flags")
+@a1111_api
+async def cmd_flags(request: web.Request) -> web.StreamResponse:
+    """The few command-line flags clients look at, as this server would have them."""
+    await caller(request)
+    return web.json_response(
+        {"api": True, "api_auth": None, "nowebui": True, "listen": True, "lowvram": False}
+    )
+
+
+@routes.get("/sdapi/v1/memory")
+@a1111_api
+async def memory(request: web.Request) -> web.StreamResponse:
+    """The gateway runs no model: memory lives on the workers, which report it in their metrics."""
+    await caller(request)
+    unknown = {"error": "not reported here; see the workers' metrics"}
+    return web.json_response({"ram": unknown, "cuda": unknown})
+
+
+@routes.post("/sdapi/v1/refresh-checkpoints")
+@routes.post("/sdapi/v1/refresh-vae")
+@routes.post("/sdapi/v1/refresh-loras")
+@a1111_api
+async def refresh(request: web.Request) -> web.StreamResponse:
+    """Nothing to do: workers pick up models added to the volume by themselves."""
+    await caller(request)
+    return web.json_response(None)
+
+
 @routes.get("/sdapi/v1/options")
 @a1111_api
-async def options(request: web.Request) -> web.StreamResponse:
-    await caller(request)
-    default = next((m.name for m in await _models(request) if m.is_default), "")
-    return web.json_response({"sd_model_checkpoint": default, "samples_format": "png"})
+async def get_options(request: web.Request) -> web.StreamResponse:
+    principal = await caller(request)
+    return web.json_response(await a1111_options.current(request, principal))
+
+
+@routes.post("/sdapi/v1/options")
+@a1111_api
+async def set_options(request: web.Request) -> web.StreamResponse:
+    """Saves the caller's options (see a1111_options); answers null, as A1111 does."""
+    principal = await caller(request)
+    body = await read_body(request)
+    await a1111_options.update(request, principal, body.data)
+    return web.json_response(None)
+
+
+@routes.post("/sdapi/v1/png-info")
+@a1111_api
+async def png_info(request: web.Request) -> web.StreamResponse:
+    """The parameters written in an image. Needs no credentials (it reads only the bytes sent, and
+    the Photoshop plugin sends none); a caller who sends some is checked and may send big images."""
+    reader = request
+    if authorization(request)[0]:
+        await caller(request)
+        reader = with_upload_limit(request)
+    body = await read_body(reader)
+    try:
+        data = await decode_base64(body.data.get("image"), "image")
+        geninfo, items = await asyncio.to_thread(pnginfo.read, data)
+    except EaselError as exc:
+        if exc.http_status != 400:
+            raise
+        # "image" here is the field itself (elsewhere it is our name for init_images).
+        return web.json_response(
+            {"detail": [{"loc": ["body", "image"], "msg": exc.message, "type": exc.code}]}, status=422
+        )
+    return web.json_response({"info": geninfo, "items": items, "parameters": pnginfo.parse(geninfo)})
+
+
+@routes.get("/sdapi/v1/openapi.json")
+@no_auth
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(documents.a1111_document())
 
 
 __all__ = ["routes"]

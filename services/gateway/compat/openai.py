@@ -1,21 +1,26 @@
 """An OpenAI-compatible Images API: `/v1/images/generations`, `/v1/images/edits`,
-`/v1/images/variations`, `/v1/models`.
+`/v1/images/variations`, `/v1/models`, and the signed image URLs `/v1/images/files/...`.
 
 The official `openai` client works against it with only `base_url=<studio>/v1` and `api_key=<an
 Easel API key or session token>`. As in OpenAI's API the calls are synchronous: each submits a job,
-waits for it to end and answers `{created, data: [{b64_json} | {url}]}`. Errors answer in OpenAI's
-shape, `{"error": {"message", "type", "param", "code"}}`.
+waits for it to end and answers `{created, data: [{b64_json} | {url}], output_format}`. Errors
+answer in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`. Its document:
+`/v1/openapi.json`.
 
 Where the studio differs:
-- `model`: OpenAI's own names (dall-e-*, gpt-image-*) mean the studio's default model; any other
-  name must be an installed model (see GET /v1/models).
-- `response_format` defaults to `b64_json` (as for gpt-image models): a `url` needs the same bearer
-  credential to be fetched, since images are private.
+- `model`: OpenAI's own names (dall-e-*, gpt-image-*, chatgpt-image-*) mean the studio's default
+  model; any other name must be an installed model (see GET /v1/models).
+- `response_format` defaults as at OpenAI: `url` for dall-e-* model names, `b64_json` otherwise.
+  A `url` is signed and expires (EASEL_SIGNED_URL_TTL_S, an hour by default): it needs no API key.
 - `size` is "WIDTHxHEIGHT" within the model's limits, or "auto" for its default.
+- `output_format` png, jpeg or webp, with `output_compression` 0-100 for jpeg and webp.
+- Edits take the image as `image` or as one or several `image[]` fields. The studio edits one
+  picture: the first; further images are accepted and not used (a mask applies to the first image,
+  as at OpenAI).
 - Extra fields the studio understands: `seed`, `negative_prompt`, `steps`, `guidance`, `sampler`,
   and `strength` for edits and variations.
 - Fields that only tune OpenAI's models (quality, style, background, moderation, user, ...) are
-  accepted and ignored; `output_format` may only be png.
+  accepted and ignored.
 """
 
 from __future__ import annotations
@@ -26,20 +31,22 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aiohttp import web
 
+from easel.common.v1 import common_pb2
 from easel.inference.v1 import inference_pb2
 from services.common.errors import EaselError, invalid, unauthenticated
 from services.common.grpc_client import user_errors
 
-from .api_edits import DEFAULT_EDIT_PROMPT, Source, edit_params, submit_edit
-from .api_jobs import generation_params
-from .bodies import Body, read_json
-from .clients import CLIENTS
-from .compat_common import (
+from ..api_edits import DEFAULT_EDIT_PROMPT, Source, edit_params, submit_edit
+from ..api_jobs import generation_params
+from ..bodies import Body
+from ..clients import CLIENTS
+from ..compat_common import (
     alpha_of,
     authenticate_token,
     authorization,
@@ -53,15 +60,17 @@ from .compat_common import (
     job_failure,
     job_images,
     open_image,
+    read_body,
     read_form,
+    read_image,
     submit_job,
     transparent_to_white,
     typed_form,
     wait_for_job,
     with_upload_limit,
 )
-from .principal import Principal, check_scope, no_auth
-from .urls import image_file_url
+from ..principal import Principal, check_scope, no_auth
+from . import documents, formats, signed
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -69,11 +78,13 @@ routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 RESPONSE_FORMATS = ("b64_json", "url")
-DEFAULT_RESPONSE_FORMAT = "b64_json"
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
 _OPENAI_MODELS = re.compile(r"^(dall-e|gpt-image|chatgpt-image)", re.IGNORECASE)
+_DALL_E = re.compile(r"^dall-e", re.IGNORECASE)
+MAX_EDIT_IMAGES = 16  # OpenAI's limit for gpt-image edits
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
-FORM_INTS = frozenset({"n", "seed", "steps"})
+FORM_INTS = frozenset({"n", "seed", "steps", "output_compression"})
 FORM_NUMBERS = frozenset({"guidance", "strength"})
 
 # Our field names as OpenAI's API names them, for `param` in errors.
@@ -203,9 +214,29 @@ def model_name(body: Body) -> str:
     return "" if _OPENAI_MODELS.match(name) else name
 
 
-def response_format(body: Body) -> str:
-    body.choice("output_format", ("png",))
-    return body.choice("response_format", RESPONSE_FORMATS) or DEFAULT_RESPONSE_FORMAT
+@dataclass(frozen=True)
+class Output:
+    """How to hand the images back: as base64 or signed URLs, in which file format."""
+
+    response_format: str  # "b64_json" | "url"
+    fmt: str  # "png" | "jpeg" | "webp"
+    quality: int  # 0-100, for jpeg and webp
+
+
+def output(body: Body) -> Output:
+    """`response_format` (OpenAI's default: url for dall-e-* models, b64_json otherwise),
+    `output_format` and `output_compression`."""
+    model = body.string("model", max_len=200) or ""
+    default = "url" if _DALL_E.match(model.strip()) else "b64_json"
+    fmt = formats.canonical(body.string("output_format", max_len=20) or "png")
+    if not fmt:
+        raise invalid(
+            "invalid_output_format", "output_format must be png, jpeg or webp.", field="output_format"
+        )
+    quality = body.integer("output_compression", minimum=0, maximum=100)
+    return Output(
+        body.choice("response_format", RESPONSE_FORMATS) or default, fmt, 100 if quality is None else quality
+    )
 
 
 def no_stream(body: Body) -> None:
@@ -230,7 +261,7 @@ def params_body(body: Body, prompt_required: bool = True) -> Body:
 
 
 async def answer(
-    request: web.Request, principal: Principal, job: inference_pb2.Job, fmt: str
+    request: web.Request, principal: Principal, job: inference_pb2.Job, out: Output
 ) -> web.Response:
     """Waits for the job, then answers with its images."""
     job = await wait_for_job(request, principal, job.id)
@@ -239,15 +270,20 @@ async def answer(
     if job.status == "cancelled":
         raise job_cancelled()
     data: list[dict[str, str]]
-    if fmt == "url":
+    if out.response_format == "url":
         refs = sorted(job.images, key=lambda ref: ref.index)
-        data = [{"url": image_file_url(request, ref.id)} for ref in refs]
+        data = [
+            {"url": signed.signed_url(request, principal.user_id, ref.id, out.fmt, out.quality)}
+            for ref in refs
+        ]
     else:
-        data = [{"b64_json": await encode_base64(png)} for png in await job_images(request, principal, job)]
+        data = []
+        for png in await job_images(request, principal, job):
+            data.append({"b64_json": await encode_base64(await formats.convert(png, out.fmt, out.quality))})
     created = (
         job.finished_at.seconds if job.HasField("finished_at") and job.finished_at.seconds else time.time()
     )
-    return web.json_response({"created": int(created), "data": data, "output_format": "png"})
+    return web.json_response({"created": int(created), "data": data, "output_format": out.fmt})
 
 
 async def multipart_form(request: web.Request) -> tuple[Body, dict[str, list[web.FileField]]]:
@@ -258,22 +294,25 @@ async def multipart_form(request: web.Request) -> tuple[Body, dict[str, list[web
             "Send this request as multipart/form-data with the image as a file field.",
         )
     fields, files = await read_form(reader)
-    # Newer clients send a list of images as image[]; one image is all an edit takes here.
+    # gpt-image clients send one or several images as image[] (Open WebUI, LibreChat); the first
+    # one is the picture to edit, as the mask applies to the first image at OpenAI.
     if "image[]" in files:
         files.setdefault("image", []).extend(files.pop("image[]"))
     return typed_form(fields, FORM_INTS, FORM_NUMBERS, {}), files
 
 
-async def image_file(files: dict[str, list[web.FileField]], name: str, required: bool) -> Source | None:
+async def image_file(
+    files: dict[str, list[web.FileField]], name: str, required: bool, several: bool = False
+) -> Source | None:
     found = files.get(name, [])
     if not found:
         if required:
             raise invalid(f"missing_{name}", f"Attach the {name} as a file field named '{name}'.", field=name)
         return None
-    if len(found) > 1:
-        raise invalid(
-            "too_many_images", f"Send one {name}; this studio edits one image at a time.", field=name
-        )
+    if len(found) > 1 and not several:
+        raise invalid("too_many_images", f"Send one {name}.", field=name)
+    if len(found) > MAX_EDIT_IMAGES:
+        raise invalid("too_many_images", f"Send at most {MAX_EDIT_IMAGES} images in one edit.", field=name)
     data = await file_bytes(found[0])
     if not data:
         raise invalid(f"missing_{name}", f"The {name} file is empty.", field=name)
@@ -313,13 +352,13 @@ def _mask_from_openai(image: bytes, mask: bytes | None) -> bytes | None:
 @openai_api
 async def generations(request: web.Request) -> web.StreamResponse:
     principal = await caller(request)
-    body = await read_json(request)
-    fmt = response_format(body)
+    body = await read_body(request)
+    out = output(body)
     model = model_name(body)
     no_stream(body)
     params = generation_params(params_body(body))
     job = await submit_job(request, principal, "txt2img", model, params)
-    return await answer(request, principal, job, fmt)
+    return await answer(request, principal, job, out)
 
 
 @routes.post("/v1/images/edits")
@@ -327,9 +366,9 @@ async def generations(request: web.Request) -> web.StreamResponse:
 async def edits(request: web.Request) -> web.StreamResponse:
     principal = await caller(request)
     body, files = await multipart_form(request)
-    fmt = response_format(body)
+    out = output(body)
     model = model_name(body)
-    image = await image_file(files, "image", required=True)
+    image = await image_file(files, "image", required=True, several=True)
     mask = await image_file(files, "mask", required=False)
     no_stream(body)
     if image is None or image.data is None:  # image_file(required=True) raises first; this narrows
@@ -341,7 +380,7 @@ async def edits(request: web.Request) -> web.StreamResponse:
     else:
         mask_source = Source(data=mask_png, filename=mask.filename if mask else "mask.png")
         job = await submit_edit(request, principal, "inpaint", model, params, image, mask_source)
-    return await answer(request, principal, job, fmt)
+    return await answer(request, principal, job, out)
 
 
 @routes.post("/v1/images/variations")
@@ -349,7 +388,7 @@ async def edits(request: web.Request) -> web.StreamResponse:
 async def variations(request: web.Request) -> web.StreamResponse:
     principal = await caller(request)
     body, files = await multipart_form(request)
-    fmt = response_format(body)
+    out = output(body)
     model = model_name(body)
     image = await image_file(files, "image", required=True)
     no_stream(body)
@@ -357,7 +396,7 @@ async def variations(request: web.Request) -> web.StreamResponse:
         raise invalid("missing_image", "Attach the image as a file field named 'image'.", field="image")
     params = edit_params(params_body(body, prompt_required=False), DEFAULT_EDIT_PROMPT)
     job = await submit_edit(request, principal, "variation", model, params, image)
-    return await answer(request, principal, job, fmt)
+    return await answer(request, principal, job, out)
 
 
 async def _models(request: web.Request) -> list[inference_pb2.ModelInfo]:
@@ -391,3 +430,23 @@ async def model(request: web.Request) -> web.StreamResponse:
         grpc.StatusCode.NOT_FOUND,
         field="model",
     )
+
+
+@routes.get(signed.FILES_PATH + "/{name}")
+@openai_api
+async def signed_file(request: web.Request) -> web.StreamResponse:
+    """An image behind a signed URL: no credentials, only a valid signature and expiry."""
+    owner, image_id, fmt, quality, left = signed.verify(request)
+    png = await read_image(request, common_pb2.Actor(user_id=owner, role="user"), image_id)
+    body = await formats.convert(png, fmt, quality)
+    return web.Response(
+        body=body,
+        content_type=formats.mime_type(fmt),
+        headers={"Cache-Control": f"private, max-age={left}"},
+    )
+
+
+@routes.get("/v1/openapi.json")
+@no_auth
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(documents.openai_document())
