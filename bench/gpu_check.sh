@@ -68,7 +68,7 @@ packages() {
         return 0
     fi
     if [ ! -d easel ]; then
-        say "FAILED: no generated gRPC stubs (easel/): generate them (see the README) and carry \"easel\""
+        say "FAILED: no generated gRPC stubs (easel/): run make proto here and carry \"easel\""
         return 1
     fi
     if ! ls .whl/*.whl >/dev/null 2>&1; then
