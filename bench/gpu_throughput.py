@@ -32,6 +32,11 @@ with torch's FlopCounterMode for the others unless given (`--sdxl-step-tflop`); 
 VAE are not counted, so 100% is out of reach. A second table gives each variant's load + warm-up
 time and the compile cache's hits and misses during it, and the last lines check the issue's goals.
 
+For a lent GPU with minutes to spare (bench/gpu_check.sh): `--deadline` is a time guard (a variant
+whose estimated time does not fit before it is skipped, with a note in the report; the restart
+probe is killed there), `--json` writes the figures after every phase, and `--render` makes the
+report from such files afterwards, also when the run itself was killed.
+
 Tiny mode (`--tiny`, or automatic without CUDA): the bundled `tiny-sd` from `--models-dir` (built
 into a temporary folder when missing) at 64x64 and small counts, so the script runs in the tests;
 its compile cache is a temporary folder unless `--compile-cache` is given.
@@ -55,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +100,8 @@ QUEUE_FIRST = 10_000
 GOAL_RATE = 9.0
 GOAL_SINGLE_S = 0.2
 GOAL_RESTART_S = 60.0
+# The time guard starts no restart probe with less than this left before its deadline.
+RESTART_MIN_S = 20.0
 
 
 @dataclass
@@ -175,7 +183,48 @@ class Results:
     info: dict[str, Any]
     warms: list[Warm] = field(default_factory=list)
     restarts: dict[str, Restart] = field(default_factory=dict)
-    skipped_restart: str | None = None
+    # Per model: why its restart probe did not run.
+    skipped_restart: dict[str, str] = field(default_factory=dict)
+    # What the time guard (`--deadline`) skipped, and other lines the report must carry.
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Guard:
+    """The time guard of `--deadline`: a phase starts only when its estimate fits before it.
+
+    A phase cannot be stopped halfway (a compile runs to its end), so each is estimated from what
+    this run has measured already: the plain pipeline's load time, its single-image latency and its
+    batch rate stand for an engine's load and jobs, plus `compile_per_shape_s` for every shape a
+    compiled variant warms (an over-estimate when the compile cache is warm). The restart probe is
+    killed at the deadline instead, and reported as such.
+    """
+
+    deadline: float | None
+    compile_per_shape_s: float
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.time()
+
+    def estimate(
+        self,
+        plain: list[Row],
+        warmup: int,
+        counts: dict[str, int],
+        load_s: float,
+        accel: Accel,
+        sizes: int,
+    ) -> float:
+        if self.deadline is None:
+            return 0.0
+        single = next(r for r in plain if r.path.endswith("1 at a time"))
+        burst = next(r for r in plain if r.path.endswith("at once"))
+        per_image = pct(single.latencies, 0.5)
+        rate = burst.rate if math.isfinite(burst.rate) and burst.rate > 0 else 1 / per_image
+        jobs = (warmup + counts["singles"]) * per_image
+        jobs += (warmup * counts["batch_max"] + counts["queue"]) / rate
+        shapes = len(accel.buckets) * sizes * (2 if accel.compile_vae else 1)
+        return load_s + jobs + (self.compile_per_shape_s * shapes if accel.compiled else 0.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -255,6 +304,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("none", "default", "reduce-overhead", "max-autotune"),
         default="none",
         help="also measure the plain pipeline with torch.compile(unet, mode=...) (CUDA only)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="time guard: a Unix time (seconds) after which nothing more starts; a variant whose "
+        "estimated time does not fit before it is skipped, and said so (bench/gpu_check.sh sets it)",
+    )
+    parser.add_argument(
+        "--compile-estimate-s",
+        type=float,
+        default=None,
+        help="the time guard's estimate of one cold compile per shape (CUDA 130 s, after the issue's "
+        "93-121 s on an H100; a CPU 60 s)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the figures here, after every phase (for --render)"
+    )
+    parser.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="print the tables at the end (--no-report: only --json, for a later --render)",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the tables of one or more --json files of earlier runs as one report, and exit "
+        "(status 1 when a row is over the accuracy tolerance); with --out, write them there too",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="with --render: write gpu_check.md and gpu_check.json here"
     )
     # The restart probe: what the parent runs in a fresh process (`--restart`), not for direct use.
     parser.add_argument("--restart-probe", metavar="MODEL", default=None, help=argparse.SUPPRESS)
@@ -416,10 +500,11 @@ def _encode_pngs(model: str, req: GenerationRequest, images: list[Any]) -> list[
 
 def measure_plain(
     manifest: Any, plan: Plan, device: str, dtype: Any, args: argparse.Namespace, counts: dict[str, int]
-) -> tuple[list[Row], dict[int, Any]]:
+) -> tuple[list[Row], dict[int, Any], float]:
     """The diffusers pipeline as its documentation shows it, without Easel's engine around it.
 
-    Returns the rows and the reference images (as pixel arrays) for the accuracy check, by index.
+    Returns the rows, the reference images (as pixel arrays) for the accuracy check, by index, and
+    the seconds its loading took (the time guard's estimate of an engine's load).
     """
     import torch
 
@@ -429,7 +514,7 @@ def measure_plain(
     rows: list[Row] = []
     references: dict[int, Any] = {}
     _reset_peak(device)
-    pipe = pipelines.load_pipeline(manifest, device, dtype)
+    load_s, pipe = _timed(device, functools.partial(pipelines.load_pipeline, manifest, device, dtype))
     # The worker's jobs here ask for Euler, built the way the engine builds it, so both make the
     # same image for a seed (the model's own default scheduler would make another).
     pipe.scheduler = make_scheduler("euler", pipe.scheduler.config)
@@ -491,7 +576,7 @@ def measure_plain(
     if len(labels) > 1:
         # Drops the compiled UNet's code and, on CUDA, the CUDA graphs this thread recorded.
         torch._dynamo.reset()
-    return rows, references
+    return rows, references, load_s
 
 
 def _buckets(args: argparse.Namespace, cuda: bool, batch_max: int) -> tuple[int, ...]:
@@ -704,8 +789,10 @@ def measure_restart(
     args: argparse.Namespace,
     threads: int,
     env: dict[str, str],
+    guard: Guard | None = None,
 ) -> Restart:
-    """A restarted worker: a fresh Python process from Popen to its first image's PNG."""
+    """A restarted worker: a fresh Python process from Popen to its first image's PNG (killed after
+    `--restart-timeout` seconds, or at the time guard's deadline if that comes first)."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -740,7 +827,8 @@ def measure_restart(
         # The environment the bench started with: what this process's engines set (the inductor
         # cache folder) must come from the probe's own engine, as in a restarted worker.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        killer = threading.Timer(args.restart_timeout, proc.kill)
+        timeout = max(1.0, min(args.restart_timeout, guard.left() if guard is not None else math.inf))
+        killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
             assert proc.stdout is not None
@@ -765,7 +853,12 @@ def measure_restart(
         if math.isnan(out.wall_s):  # no JSON line came
             err.seek(0)
             tail = err.read()[-1500:].strip()
-            out.error = f"probe exited with status {proc.returncode}: {tail or '(no output)'}"
+            took = time.perf_counter() - started
+            if took >= timeout - 0.5:
+                why = "the time guard's deadline" if timeout < args.restart_timeout else "--restart-timeout"
+                out.error = f"no first image within {took:.0f} s: killed at {why}"
+            else:
+                out.error = f"probe exited with status {proc.returncode}: {tail or '(no output)'}"
     return out
 
 
@@ -921,41 +1014,83 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> Results:
     info["buckets"] = buckets
     info["cache_dir"] = cache_dir
     restart_variant = "worker-default" if cuda else "compiled"
+    info["guidance"] = args.guidance
+    info["peak_tflops"] = args.peak_tflops
+    info["header"] = _header()
+    guard = Guard(args.deadline, args.compile_estimate_s or (130.0 if cuda else 60.0))
     results = Results([], {}, info)
+    save = functools.partial(_save, results, args.json)
     try:
         manifests = {k: v for k, v in discover_models(models_dir).items() if k in names}
         for name in names:
             manifest = manifests[name]
             size = args.size or (64 if tiny else manifest.default_width)
             steps = args.steps or (4 if tiny else 30)
+            if guard.left() <= 0:
+                results.notes.append(f"{name}: not measured: the time guard's deadline had passed")
+                results.skipped_restart[name] = "the time guard's deadline had passed"
+                continue
             plan = _plan(name, manifest, size, steps, args)
             results.plans[name] = plan
             setup = Setup(device, buckets, _extra_sizes(manifest, size), cache_dir, compile_mode)
             print(f"measuring {name} at {size}x{size}, {steps} steps ...", flush=True)
-            rows, references = measure_plain(manifest, plan, device, dtype, args, counts)
+            rows, references, load_s = measure_plain(manifest, plan, device, dtype, args, counts)
             results.rows += rows
+            save()
+            measured: list[str] = []
             for variant in variants:
                 _reset_peak(device)
                 accel = variant_accel(variant, setup)
+                estimate = guard.estimate(rows, args.warmup, counts, load_s, accel, len(setup.sizes) + 1)
+                if estimate > guard.left():
+                    results.notes.append(
+                        f"{name}: worker path [{variant}] skipped by the time guard: about {estimate:.0f} s "
+                        f"needed, {guard.left():.0f} s left before the deadline"
+                    )
+                    print(f"  {results.notes[-1]}", flush=True)
+                    continue
                 print(f"  worker path [{variant}]: {accel.describe()} ...", flush=True)
-                rows, warm = asyncio.run(
-                    measure_variant({name: manifest}, plan, device, args, counts, variant, accel, references)
-                )
-                results.rows += rows
+                started = time.perf_counter()
+                try:
+                    variant_rows, warm = asyncio.run(
+                        measure_variant(
+                            {name: manifest}, plan, device, args, counts, variant, accel, references
+                        )
+                    )
+                except Exception as exc:  # one broken variant must not cost the device run the rest
+                    traceback.print_exc()
+                    results.notes.append(f"{name}: worker path [{variant}] FAILED: {exc!r}"[:500])
+                    save()
+                    continue
+                print(f"  worker path [{variant}]: {time.perf_counter() - started:.0f} s", flush=True)
+                results.rows += variant_rows
                 results.warms.append(warm)
+                measured.append(variant)
+                save()
             _reset_peak(device)
             if not args.restart:
-                results.skipped_restart = "--no-restart"
-            elif restart_variant not in variants:
-                results.skipped_restart = (
+                results.skipped_restart[name] = "--no-restart"
+            elif restart_variant not in measured:
+                results.skipped_restart[name] = (
                     f"the restart probe runs the {restart_variant} variant after this process compiled it "
-                    f"into the cache; add it to --variants"
+                    + (
+                        "into the cache, and that variant was not measured (see the notes)"
+                        if restart_variant in variants
+                        else "into the cache; add it to --variants"
+                    )
                 )
+            elif guard.left() < RESTART_MIN_S:
+                left = guard.left()
+                results.skipped_restart[name] = (
+                    f"the time guard: {left:.0f} s left before the deadline, under {RESTART_MIN_S:g} s"
+                )
+                results.notes.append(f"{name}: restart probe skipped by the time guard")
             else:
                 print(f"  restarted worker [{restart_variant}] in a fresh process ...", flush=True)
                 results.restarts[name] = measure_restart(
-                    models_dir, plan, setup, restart_variant, args, torch.get_num_threads(), env
+                    models_dir, plan, setup, restart_variant, args, torch.get_num_threads(), env, guard
                 )
+            save()
     finally:
         for tmp in keep:
             tmp.cleanup()
@@ -1003,20 +1138,54 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def goals(results: Results, model: str) -> list[str]:
-    tiny = results.info["tiny"]
-    note = (
-        "TINY mode: the goals apply to the H100 full mode only; shown to exercise the checks"
-        if tiny
-        else ("" if model == "bench-sd15" else "set for bench-sd15; shown for reference")
-    )
-    lines = [
-        f"{model}: goals of the issue (H100, SD 1.5-sized at 512x512, 30 steps){'; ' + note if note else ''}:"
-    ]
+def _goal_rows(results: Results, model: str) -> tuple[str | None, Row | None, Row | None]:
     variant = _goal_variant(results, model)
     mine = [r for r in results.rows if r.model == model and r.variant == variant]
     queue = next((r for r in mine if "queue of" in r.path), None)
     single = next((r for r in mine if "1 job at a time" in r.path), None)
+    return variant, queue, single
+
+
+def goal_figures(results: Results, model: str) -> dict[str, Any]:
+    """The goals' figures for the JSON: each None where not measured."""
+    variant, queue, single = _goal_rows(results, model)
+    restart = results.restarts.get(model)
+    restart_s = restart.wall_s if restart is not None and not restart.error else None
+    checked = [r for r in results.rows if r.model == model and r.max_diff is not None]
+    p50 = pct(single.latencies, 0.5) if single is not None else None
+    return {
+        "variant": variant,
+        "queue_images_per_s": queue.rate if queue is not None else None,
+        "queue_goal_images_per_s": GOAL_RATE,
+        "queue_met": queue.rate >= GOAL_RATE if queue is not None else None,
+        "single_p50_s": p50,
+        "single_goal_s": GOAL_SINGLE_S,
+        "single_met": p50 <= GOAL_SINGLE_S if p50 is not None else None,
+        "restart_s": restart_s,
+        "restart_goal_s": GOAL_RESTART_S,
+        "restart_met": restart_s <= GOAL_RESTART_S if restart_s is not None else None,
+        "restart_not_measured": (
+            results.skipped_restart.get(model, "no probe ran")
+            if restart is None
+            else (restart.error if restart.error else None)
+        ),
+        "accuracy_images": len(checked),
+        "accuracy_within": all(not r.over for r in checked) if checked else None,
+    }
+
+
+def goals(results: Results, model: str) -> list[str]:
+    tiny = results.info["tiny"]
+    note = (
+        "TINY mode: the goals apply to the GPU full mode only; shown to exercise the checks"
+        if tiny
+        else ("" if model == "bench-sd15" else "set for bench-sd15; shown for reference")
+    )
+    lines = [
+        f"{model}: goals of the issue (one H100/H200, SD 1.5-sized at 512x512, 30 steps)"
+        f"{'; ' + note if note else ''}:"
+    ]
+    variant, queue, single = _goal_rows(results, model)
     if queue is not None:
         lines.append(
             f"- sustained images/s (queue row of {variant}): {queue.rate:.2f} (goal >= {GOAL_RATE:g}): "
@@ -1030,7 +1199,8 @@ def goals(results: Results, model: str) -> list[str]:
         )
     restart = results.restarts.get(model)
     if restart is None:
-        lines.append(f"- restart to first image: not measured ({results.skipped_restart or 'no probe ran'})")
+        why = results.skipped_restart.get(model, "no probe ran")
+        lines.append(f"- restart to first image: not measured ({why})")
     elif restart.error:
         lines.append(f"- restart to first image: FAILED ({restart.error})")
     else:
@@ -1055,29 +1225,53 @@ def goals(results: Results, model: str) -> list[str]:
     return lines
 
 
-def report(results: Results, args: argparse.Namespace) -> str:
-    rows, plans, info = results.rows, results.plans, results.info
-    lines = [
-        f"\nEasel GPU throughput, {now_utc()}; {machine()}; load average {loadavg()}",
-        versions(("torch", "diffusers", "transformers", "accelerate")),
+def _header() -> dict[str, str]:
+    """Where and when the figures were taken (kept in the JSON, so a --render shows the run's)."""
+    return {
+        "when": now_utc(),
+        "machine": machine(),
+        "load": loadavg(),
+        "versions": versions(("torch", "diffusers", "transformers", "accelerate")),
+    }
+
+
+def _run_line(info: dict[str, Any], guidance: float) -> str:
+    return (
         f"device {info['device']}{' (' + info['gpu'] + ')' if 'gpu' in info else ''}, dtype {info['dtype']}, "
         f"{'TINY mode (bundled tiny-sd, CPU figures)' if info['tiny'] else 'full mode'}, "
-        f"counts {info['counts']}, guidance {args.guidance}, torch threads {info['threads']}",
+        f"counts {info['counts']}, guidance {guidance}, torch threads {info['threads']}; "
         f"worker variants {', '.join(info['variants'])}; compiled buckets "
-        f"{','.join(map(str, info['buckets']))}; compile cache {info['cache_dir']}",
+        f"{','.join(map(str, info['buckets']))}; compile cache {info['cache_dir']}"
+    )
+
+
+def _baselines(results: Results, model: str) -> tuple[Row, Row]:
+    mine = [r for r in results.rows if r.model == model]
+    single = next(r for r in mine if r.path.startswith("plain pipeline, 1"))
+    burst = next(r for r in mine if r.path.startswith("plain pipeline,") and "at once" in r.path)
+    return single, burst
+
+
+def report(results: Results, args: argparse.Namespace) -> str:
+    rows, plans, info = results.rows, results.plans, results.info
+    guidance = float(info.get("guidance", args.guidance))
+    peak = float(info.get("peak_tflops", args.peak_tflops))
+    header = info.get("header") or _header()
+    lines = [
+        f"\nEasel GPU throughput, {header['when']}; {header['machine']}; load average {header['load']}",
+        header["versions"],
+        *(_run_line(i, guidance) for i in [info, *info.get("others", [])]),
     ]
     for plan in plans.values():
         lines.append(
             f"{plan.name}: {plan.size}x{plan.size}, {plan.steps} steps, Euler, UNet {plan.step_tflop:.4g} "
-            f"TFLOP per guided step ({plan.tflop_source}); floor against {args.peak_tflops:g} TFLOP/s"
+            f"TFLOP per guided step ({plan.tflop_source}); floor against {peak:g} TFLOP/s"
         )
     mem = "GPU peak GiB" if info["device"].startswith("cuda") else "RSS GiB"
     out = []
     for name in plans:
-        mine = [r for r in rows if r.model == name]
-        single = next(r for r in mine if r.path.startswith("plain pipeline, 1"))
-        burst = next(r for r in mine if r.path.startswith("plain pipeline,") and "at once" in r.path)
-        for r in mine:
+        single, burst = _baselines(results, name)
+        for r in (r for r in rows if r.model == name):
             out.append(
                 [
                     f"{name}: {r.path}",
@@ -1088,7 +1282,7 @@ def report(results: Results, args: argparse.Namespace) -> str:
                     f"{r.memory_gib:.2f}",
                     f"{r.rate / single.rate:.2f}",
                     f"{r.rate / burst.rate:.2f}",
-                    f"{100 * _floor_fraction(r, plans[name], args.guidance > 1, args.peak_tflops):.3g}%",
+                    f"{100 * _floor_fraction(r, plans[name], guidance > 1, peak):.3g}%",
                     *_diff_cells(r),
                 ]
             )
@@ -1150,10 +1344,130 @@ def report(results: Results, args: argparse.Namespace) -> str:
             "warming every bucket); cache: inductor's FX-graph cache during it (hits: compiled code "
             "reused from the cache folder or an earlier variant of this run)."
         )
+    if results.notes:
+        lines.append("")
+        lines += [f"note: {n}" for n in results.notes]
     for name in plans:
         lines.append("")
         lines += goals(results, name)
     return "\n".join(lines)
+
+
+# --- the figures as JSON (--json, --render) ------------------------------------------------------
+
+
+def to_json(results: Results) -> dict[str, Any]:
+    """Everything the report shows: the raw measurements (which --render reads back) and, per row,
+    the figures computed from them."""
+    info = {k: str(v) if isinstance(v, Path) else v for k, v in results.info.items()}
+    guided = float(info.get("guidance", 7.5)) > 1
+    peak = float(info.get("peak_tflops", H100_BF16_TFLOPS))
+    rows = []
+    for r in results.rows:
+        single, burst = _baselines(results, r.model)
+        row = dataclasses.asdict(r)
+        row.update(
+            images_per_s=r.rate,
+            p50_s=pct(r.latencies, 0.5),
+            p95_s=pct(r.latencies, 0.95),
+            vs_plain_single=r.rate / single.rate,
+            vs_plain_batch=r.rate / burst.rate,
+            floor_fraction=_floor_fraction(r, results.plans[r.model], guided, peak),
+            within_tolerance=None if r.max_diff is None else not r.over,
+        )
+        rows.append(row)
+    figures: dict[str, Any] = _finite(
+        {
+            "info": info,
+            "tolerance": {"max_px": ACCURACY_MAX_PX, "mean_px": ACCURACY_MEAN_PX},
+            "plans": {k: dataclasses.asdict(v) for k, v in results.plans.items()},
+            "rows": rows,
+            "warms": [dataclasses.asdict(w) for w in results.warms],
+            "restarts": {k: dataclasses.asdict(v) for k, v in results.restarts.items()},
+            "skipped_restart": results.skipped_restart,
+            "notes": results.notes,
+            "goals": {model: goal_figures(results, model) for model in results.plans},
+        }
+    )
+    return figures
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: strict JSON has no NaN (a failed figure is NaN here)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def from_json(data: dict[str, Any]) -> Results:
+    def pick(cls: Any, values: dict[str, Any]) -> Any:
+        kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+        for name, value in kwargs.items():  # null back to NaN where a float was failed (_finite)
+            if value is None and cls.__dataclass_fields__[name].type == "float":
+                kwargs[name] = float("nan")
+        if "latencies" in kwargs:
+            kwargs["latencies"] = [float("nan") if x is None else x for x in kwargs["latencies"]]
+        return cls(**kwargs)
+
+    return Results(
+        rows=[pick(Row, r) for r in data["rows"]],
+        plans={k: pick(Plan, v) for k, v in data["plans"].items()},
+        info=data["info"],
+        warms=[pick(Warm, w) for w in data["warms"]],
+        restarts={k: pick(Restart, v) for k, v in data["restarts"].items()},
+        skipped_restart=dict(data.get("skipped_restart") or {}),
+        notes=list(data.get("notes") or []),
+    )
+
+
+def merge(parts: list[Results]) -> Results:
+    """Several runs (bench/gpu_check.sh's SD 1.5 run and its optional Flux run) as one report."""
+    first, *rest = parts
+    merged = Results([], {}, {**first.info, "others": [p.info for p in rest]})
+    for part in parts:
+        merged.rows += part.rows
+        merged.plans.update(part.plans)
+        merged.warms += part.warms
+        merged.restarts.update(part.restarts)
+        merged.skipped_restart.update(part.skipped_restart)
+        merged.notes += part.notes
+    return merged
+
+
+def _save(results: Results, path: Path | None) -> None:
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(to_json(results), indent=1, allow_nan=False), encoding="utf-8")
+        tmp.replace(path)  # whole or not at all, if the run is killed meanwhile
+
+
+def render(args: argparse.Namespace) -> int:
+    parts = [from_json(json.loads(Path(p).read_text(encoding="utf-8"))) for p in args.render]
+    results = merge(parts)
+    text = report(results, args)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_check.md").write_text(text.lstrip("\n") + "\n", encoding="utf-8")
+        figures = json.dumps(to_json(results), indent=1, allow_nan=False)
+        (args.out / "gpu_check.json").write_text(figures, encoding="utf-8")
+    return _check_tolerance(results)
+
+
+def _check_tolerance(results: Results) -> int:
+    over = over_tolerance(results)
+    if over:
+        print(
+            f"\naccuracy over tolerance (max |Δ| {ACCURACY_MAX_PX}, mean {ACCURACY_MEAN_PX:g}): "
+            + "; ".join(over),
+            flush=True,
+        )
+        return 1
+    return 0
 
 
 def over_tolerance(results: Results) -> list[str]:
@@ -1165,17 +1479,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.restart_probe:
         return restart_probe(args, started)
+    if args.render:
+        return render(args)
     results = run(args)
-    print(report(results, args))
-    over = over_tolerance(results)
-    if over:
-        print(
-            f"\naccuracy over tolerance (max |Δ| {ACCURACY_MAX_PX}, mean {ACCURACY_MEAN_PX:g}): "
-            + "; ".join(over),
-            flush=True,
-        )
-        return 1
-    return 0
+    _save(results, args.json)
+    if args.report:
+        print(report(results, args))
+    return _check_tolerance(results)
 
 
 if __name__ == "__main__":
