@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import hmac
 import io
-import json
 import logging
 import math
 import re
@@ -83,10 +82,6 @@ def with_upload_limit(request: web.Request) -> web.Request:
         return request
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
-
-
 async def read_body(request: web.Request, required: bool = True) -> Body:
     """A JSON object body, sent as JSON or without any Content-Type.
 
@@ -108,14 +103,7 @@ async def read_body(request: web.Request, required: bool = True) -> Body:
         # the browser may add cached HTTP Basic credentials: only clients outside browsers, which
         # send no Origin, may leave the type out.
         raise web.HTTPUnsupportedMediaType()
-    try:
-        data = json.loads(raw, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid("invalid_json", f"The body is not valid JSON ({exc}); fix the syntax.") from None
-    except ValueError as exc:
-        raise invalid("invalid_json", f"The body is not valid JSON: {exc}.") from None
-    except RecursionError:
-        raise invalid("invalid_json", "The body is not valid JSON: it is nested too deeply.") from None
+    data = textcheck.loads(raw)  # the gateway's one JSON decoder: syntax, numbers, NUL, surrogates
     if not isinstance(data, dict):
         raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
     for name, value in data.items():
@@ -139,8 +127,9 @@ def check_text(value: object, field: str, depth: int = 0) -> None:
     if isinstance(value, str):
         if _bad_text(value):
             raise invalid(
-                "invalid_text",
-                f"'{field}' contains a NUL character or an unpaired surrogate; send plain UTF-8 text.",
+                "invalid_field",
+                f"'{field}' contains a NUL character or an unpaired surrogate; send plain text without "
+                "NUL characters or broken Unicode.",
                 field=field,
             )
     elif isinstance(value, dict) and depth < 32:

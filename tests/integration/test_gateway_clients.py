@@ -695,7 +695,7 @@ def test_compatible_faces_refuse_bad_input_with_4xx(alice: User) -> None:
         '{"override_settings": {"x": "\\udfff"}}',
     ):
         resp = post("/sdapi/v1/txt2img", data=raw, headers={"Content-Type": "application/json"})
-        assert resp.status_code == 422 and resp.json()["detail"][0]["type"] == "invalid_text", (
+        assert resp.status_code == 422 and resp.json()["detail"][0]["type"] == "invalid_field", (
             raw,
             resp.text,
         )
@@ -727,7 +727,7 @@ def test_compatible_faces_refuse_bad_input_with_4xx(alice: User) -> None:
         headers=bearer,
         timeout=30,
     )
-    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_text", resp.text
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_field", resp.text
     big = {"prompt": "x", "negative_prompt": "y" * (2 * 1024 * 1024)}
     resp = requests.post(f"{base}/v1/images/generations", json=big, headers=bearer, timeout=30)
     assert resp.status_code == 413 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
