@@ -37,8 +37,7 @@ import uuid
 import asyncpg
 import nats.errors
 from nats.js import JetStreamContext
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry import context as otel_context
 
 from services.common.messaging import job_subject, publish
 from services.common.telemetry import extract
@@ -48,7 +47,6 @@ from .metrics import JOBS_DISPATCHED
 from .store import JOB_COLUMNS, JobRow, job_cost
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("easel.inference.api")
 
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
@@ -69,14 +67,16 @@ def work_message(row: JobRow) -> WorkMessage:
 
 
 async def publish_job(js: JetStreamContext, row: JobRow) -> None:
-    """Publishes a job's work message as a child of its submit's trace (message id = job id)."""
-    with tracer.start_as_current_span(
-        "inference.dispatch",
-        context=extract(row.trace),
-        kind=SpanKind.INTERNAL,
-        attributes={"easel.job_id": row.id, "easel.model": row.model, "easel.owner_id": row.owner_id},
-    ):
+    """Publishes a job's work message (message id = job id) in its submit's trace.
+
+    The PRODUCER span hangs directly under the SubmitJob span that stored the job, as when the submit
+    published it itself, so the worker's job span still continues the client's trace.
+    """
+    token = otel_context.attach(extract(row.trace))
+    try:
         await publish(js, job_subject(row.model, row.kind), work_message(row).encode(), msg_id=row.id)
+    finally:
+        otel_context.detach(token)
 
 
 class Dispatcher:
