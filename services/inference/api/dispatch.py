@@ -159,6 +159,8 @@ class Dispatcher:
                     await self.dispatch(model)
                 except DB_ERRORS as exc:
                     log.warning("dispatch of %s failed: %s", model, type(exc).__name__)
+                except Exception:  # a bug must not silence dispatch: the tick tries again
+                    log.exception("dispatch of %s failed", model)
                 if model not in self._again:
                     return
         finally:

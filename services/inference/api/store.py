@@ -333,31 +333,6 @@ class JobStore:
             retry,
         )
 
-    async def check_limits(self, owner_id: str, in_flight: bool = True) -> None:
-        """Raises the limit the owner is at, if any (`create` checks again, under a lock)."""
-        async with self.pool.acquire() as conn:
-            await self._check_limits(conn, owner_id, in_flight)
-
-    async def _check_limits(
-        self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], owner_id: str, in_flight: bool
-    ) -> None:
-        if in_flight:
-            count = await conn.fetchval(
-                "SELECT count(*) FROM jobs WHERE owner_id = $1 AND status IN ('queued', 'running')", owner_id
-            )
-            if count >= self.in_flight_limit:
-                raise self._in_flight_error(count)
-        now = datetime.now(UTC)
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        today = await conn.fetchval(
-            "SELECT count(*) FROM jobs WHERE owner_id = $1 AND created_at >= $2", owner_id, midnight
-        )
-        if today >= self.daily_limit:
-            raise self._daily_error(now, midnight)
-
-    async def delete(self, job_id: str) -> None:
-        await self.pool.execute("DELETE FROM jobs WHERE id = $1", uuid.UUID(job_id))
-
     async def get(self, job_id: str) -> JobRow | None:
         record = await self.pool.fetchrow(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1",  # nosec B608  # constant SQL only; values are $n parameters
