@@ -173,6 +173,22 @@ async def test_position_counts_every_model_in_dispatch_order(pool: asyncpg.Pool,
     await finish(pool, [b1.id])
 
 
+async def test_cancelled_waiting_jobs_are_not_charged_to_their_owner(pool: asyncpg.Pool, nc: NATS) -> None:
+    """Jobs cancelled before they were sent give their cost back: cancelling a backlog does not push
+    the owner's next job behind everyone else's."""
+    store = JobStore(pool, in_flight_limit=100, daily_limit=1000, cost_limit=10**15)
+    model, quitter, other = name("m"), name("quitter-"), name("other-")
+    dropped = [(await store.submit(job(quitter, model, size=256, steps=20)))[0] for _ in range(3)]
+    for row in dropped:
+        assert await store.cancel_queued(row.id) is not None
+    first, _, _ = await store.submit(job(other, model, size=128, steps=20))
+    second, _, _ = await store.submit(job(other, model, size=128, steps=20))
+    mine, _, position = await store.submit(job(quitter, model, size=64, steps=2))
+    # Behind the other owner's first job (same start, earlier), ahead of their second.
+    assert position == 2, position
+    await finish(pool, [first.id, second.id, mine.id])
+
+
 async def test_replicas_never_send_more_than_the_window(
     pool: asyncpg.Pool, nc: NATS, postgres_url: str
 ) -> None:

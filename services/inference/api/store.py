@@ -398,9 +398,21 @@ class JobStore:
         return JobRow.from_record(record) if record else None
 
     async def cancel_queued(self, job_id: str) -> JobRow | None:
+        """Cancels a job that has not started; None when it has (or is finished).
+
+        A job cancelled before it was sent gives its cost back to its owner's virtual finish (never
+        below the clock), so cancelling a backlog does not push the owner's next job behind others.
+        """
         record = await self.pool.fetchrow(
-            f"""UPDATE jobs SET status = 'cancelled', finished_at = now()
-                WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}""",  # nosec B608  # constant SQL only; values are $n parameters
+            f"""WITH cancelled AS (
+                    UPDATE jobs SET status = 'cancelled', finished_at = now()
+                    WHERE id = $1 AND status = 'queued' RETURNING *
+                ), refund AS (
+                    UPDATE dispatch_owners o
+                    SET vfinish = GREATEST(o.vfinish - c.cost, (SELECT vtime FROM dispatch_clock))
+                    FROM cancelled c WHERE o.owner_id = c.owner_id AND c.dispatched_at IS NULL
+                )
+                SELECT {JOB_COLUMNS} FROM cancelled""",  # nosec B608  # constant SQL only; values are $n parameters
             uuid.UUID(job_id),
         )
         return JobRow.from_record(record) if record else None
