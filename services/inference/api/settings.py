@@ -30,7 +30,7 @@ class InferenceApiSettings(DatabaseSettings):
     # Fair dispatch: jobs wait in Postgres and at most this many per model are sent to the workers and
     # not yet started. About what the workers take at once (batch size x workers): larger keeps GPUs
     # fed through bursts, smaller lets a newcomer's job overtake a backlog sooner.
-    dispatch_window: int = Field(default=8, ge=1, le=10_000)
+    dispatch_window: int = Field(default=4, ge=1, le=10_000)
     # How often every replica looks for held jobs (besides dispatching on submits and job events).
     dispatch_interval_s: float = Field(default=1.0, gt=0, le=60)
     # At most the engine's own limit (2000), which a worker enforces anyway.
