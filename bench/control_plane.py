@@ -595,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     extra_env = {
         "EASEL_JOBS_IN_FLIGHT_LIMIT": LIMIT,
         "EASEL_JOBS_PER_DAY_LIMIT": LIMIT,
+        "EASEL_JOBS_IN_FLIGHT_COST_LIMIT": str(10**15),
         "EASEL_RATE_LIMIT_USER_PER_S": LIMIT,
         "EASEL_RATE_LIMIT_USER_BURST": LIMIT,
         "EASEL_RATE_LIMIT_CLIENT_PER_S": LIMIT,

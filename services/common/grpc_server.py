@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -52,6 +53,13 @@ def _status_for(exc: Exception) -> grpc.StatusCode:
     if _dependency_down(exc):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
+
+
+async def _close(items: AsyncIterator[Any]) -> None:
+    """Closes a handler's async generator (a no-op for other iterators)."""
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _dependency_down(exc: BaseException) -> bool:
@@ -119,21 +127,41 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, fn: Callable[..., AsyncIterator[Any]], method: str, short: str, carrier: dict[str, str]
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            # The span is current only while the handler runs, one step at a time: a context attached
+            # across a `yield` would be detached wherever the stream is closed, which for a client that
+            # went away is another task ("Failed to detach context" at ERROR on every early close).
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            with tracer.start_as_current_span(
-                method.lstrip("/"), context=extract(carrier), kind=SpanKind.SERVER
-            ) as span:
+            span = tracer.start_span(method.lstrip("/"), context=extract(carrier), kind=SpanKind.SERVER)
+            span_context = trace.set_span_in_context(span)
+            items = fn(request, context).__aiter__()
+            try:
+                while True:
+                    token = otel_context.attach(span_context)
+                    try:
+                        item = await items.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except (asyncio.CancelledError, grpc.aio.AbortError):
+                        code = context.code() or grpc.StatusCode.CANCELLED
+                        raise
+                    except Exception as exc:
+                        code = _status_for(exc)
+                        await self._abort(context, span, method, exc, code)
+                    finally:
+                        otel_context.detach(token)
+                    yield item
+            except GeneratorExit:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                # Closes the handler (its own clean-up, e.g. unsubscribing) inside the span as well.
+                token = otel_context.attach(span_context)
                 try:
-                    async for item in fn(request, context):
-                        yield item
-                except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except Exception as exc:
-                    code = _status_for(exc)
-                    await self._abort(context, span, method, exc, code)
+                    await _close(items)
                 finally:
+                    otel_context.detach(token)
+                    span.end()
                     self._observe(short, code, start)
 
         return wrapper

@@ -408,6 +408,22 @@ def test_keda_can_be_switched_off() -> None:
     assert one(docs, "Deployment", name("inference-worker"))["spec"]["replicas"] == 2
 
 
+def test_dispatch_window_keeps_a_backlog_visible_to_keda() -> None:
+    """The api holds jobs back in Postgres (fair dispatch); its window must leave room for a batch per
+    worker at KEDA's maximum plus one more, or a backlog would never show as consumer lag."""
+
+    def window(values: dict[str, Any]) -> str:
+        c = one(render(values), "Deployment", name("inference-api"))["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+        return str({e["name"]: e.get("value") for e in c["env"]}["EASEL_DISPATCH_WINDOW"])
+
+    assert window({}) == str(16 * (4 + 1))  # batchMax 16, KEDA up to 4 workers
+    assert window({"inferenceWorker": {"batchMax": 4, "autoscaling": {"maxReplicas": 10}}}) == str(4 * 11)
+    assert window({"inferenceWorker": {"autoscaling": {"enabled": False}, "replicas": 2}}) == str(16 * 3)
+    assert window({"inferenceApi": {"dispatchWindow": 12}}) == "12"
+
+
 def test_every_component_has_a_pod_disruption_budget(default_docs: list[Doc]) -> None:
     pdbs = {p["metadata"]["name"]: p for p in find(default_docs, "PodDisruptionBudget")}
     for component in COMPONENTS:

@@ -89,6 +89,8 @@ async def test_concurrent_submits_stop_exactly_at_the_daily_limit(jobs_pool: asy
 
 async def test_submit_returns_the_queue_position_and_honours_the_key(jobs_pool: asyncpg.Pool) -> None:
     store = JobStore(jobs_pool, in_flight_limit=100, daily_limit=1000)
+    # The position counts every model's waiting jobs (fair dispatch, migration 0003): start empty.
+    await jobs_pool.execute("UPDATE jobs SET status = 'cancelled' WHERE status = 'queued'")
     model = f"m{uuid.uuid4().hex[:6]}"
     owner = f"u-{uuid.uuid4().hex[:8]}"
     positions = [(await store.submit(new_job(owner, model)))[2] for _ in range(3)]

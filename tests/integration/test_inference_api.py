@@ -213,7 +213,7 @@ async def test_txt2img_completes_with_progress_and_images_in_gallery(
         assert meta["model"] == "tiny-sd" and meta["width"] == 256 and meta["height"] == 248
 
 
-async def test_same_seed_gives_same_pixels_and_cache_answers_other_users(
+async def test_same_seed_gives_same_pixels_and_the_cache_answers_only_its_owner(
     stack: Stack, api: inference_pb2_grpc.InferenceStub, gallery: gallery_pb2_grpc.GalleryStub
 ) -> None:
     seed = int(uuid.uuid4().int % 2**31)
@@ -224,25 +224,60 @@ async def test_same_seed_gives_same_pixels_and_cache_answers_other_users(
     assert done.status == "completed", done.error_message
     hits_before = metric_value(stack.metrics_url("inference-api"), "easel_inference_cache_hits_total")
 
-    second = await api.SubmitJob(txt2img(bob, seed=seed, steps=6, prompt="a red kite"))
-    # Answered at once, without a worker, into bob's own gallery.
-    assert second.status == "completed" and second.cached
-    assert second.id != first.id and len(second.images) == 1
-    assert second.images[0].id != done.images[0].id
-    record = await gallery.GetImage(gallery_pb2.GetImageRequest(actor=bob, image_id=second.images[0].id))
-    assert record.owner_id == bob.user_id and record.job_id == second.id
+    # Another user asking for exactly the same is not told (by `cached` or by speed) that someone
+    # made it already: their job runs (issue 18, finding 8), and makes the same pixels.
+    other = await api.SubmitJob(txt2img(bob, seed=seed, steps=6, prompt="a red kite"))
+    assert other.status == "queued" and not other.cached
+    other_done = await wait_status(api, bob, other.id, TERMINAL)
+    assert other_done.status == "completed" and not other_done.cached
+    assert metric_value(stack.metrics_url("inference-api"), "easel_inference_cache_hits_total") == hits_before
     a = await read_image(gallery, alice, done.images[0].id)
-    b = await read_image(gallery, bob, second.images[0].id)
+    b = await read_image(gallery, bob, other_done.images[0].id)
     assert a == b
+
+    # The owner's own repeat is answered at once, without a worker, into a new job of theirs.
+    again = await api.SubmitJob(txt2img(alice, seed=seed, steps=6, prompt="a red kite"))
+    assert again.status == "completed" and again.cached
+    assert again.id != first.id and len(again.images) == 1
+    assert again.images[0].id != done.images[0].id
+    record = await gallery.GetImage(gallery_pb2.GetImageRequest(actor=alice, image_id=again.images[0].id))
+    assert record.owner_id == alice.user_id and record.job_id == again.id
+    assert await read_image(gallery, alice, again.images[0].id) == a
     assert (
         metric_value(stack.metrics_url("inference-api"), "easel_inference_cache_hits_total")
         == hits_before + 1
     )
 
     # Without an explicit seed nothing is cached: a fresh job runs.
-    third = await api.SubmitJob(txt2img(bob, steps=6, prompt="a red kite"))
+    third = await api.SubmitJob(txt2img(alice, steps=6, prompt="a red kite"))
     assert third.status == "queued" and not third.cached
-    assert (await wait_status(api, bob, third.id, TERMINAL)).status == "completed"
+    assert (await wait_status(api, alice, third.id, TERMINAL)).status == "completed"
+
+
+async def test_a_race_at_the_daily_limit_leaves_no_image_of_a_refused_job(
+    api: inference_pb2_grpc.InferenceStub, gallery: gallery_pb2_grpc.GalleryStub
+) -> None:
+    """Cached answers racing for the last jobs of the day (6 here): the refused ones store nothing."""
+    who = actor("racer")
+    seed = int(uuid.uuid4().int % 2**31)
+    source = await api.SubmitJob(txt2img(who, seed=seed, steps=2, prompt="a tin robot"))
+    assert (await wait_status(api, who, source.id, TERMINAL)).status == "completed"
+    for _ in range(3):
+        hit = await api.SubmitJob(txt2img(who, seed=seed, steps=2, prompt="a tin robot"))
+        assert hit.cached
+    # 4 jobs today: 2 more may pass; 4 racing cache hits.
+    results = await asyncio.gather(
+        *(api.SubmitJob(txt2img(who, seed=seed, steps=2, prompt="a tin robot")) for _ in range(4)),
+        return_exceptions=True,
+    )
+    accepted = [r for r in results if isinstance(r, inference_pb2.Job)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(accepted) == 2 and len(refused) == 2, results
+    assert {error_code(r) for r in refused} == {"daily_job_limit_reached"}
+    images = await gallery.ListImages(gallery_pb2.ListImagesRequest(actor=who, limit=50))
+    jobs = await api.ListJobs(inference_pb2.ListJobsRequest(actor=who, limit=50))
+    assert len(jobs.jobs) == 6
+    assert sorted(i.job_id for i in images.items) == sorted(j.id for j in jobs.jobs)
 
 
 # --- idempotency, validation and ownership -------------------------------------------------------
@@ -312,6 +347,8 @@ async def test_idempotency_key_returns_the_same_job(api: inference_pb2_grpc.Infe
         ({"n": 9}, grpc.StatusCode.INVALID_ARGUMENT, "too_many_images", "n"),
         ({"prompt": "  "}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_prompt", "prompt"),
         ({"prompt": "x" * 2001}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_prompt", "prompt"),
+        ({"prompt": "a\x00b"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_field", "prompt"),
+        ({"negative_prompt": "\x00"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_field", "negative_prompt"),
         ({"kind": "paint"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown_kind", "kind"),
         ({"kind": "img2img"}, grpc.StatusCode.INVALID_ARGUMENT, "missing_init_image", "init_image_id"),
     ],
@@ -342,7 +379,7 @@ async def test_signed_out_callers_are_refused(api: inference_pb2_grpc.InferenceS
     assert error_code(err.value) == "sign_in_required"
 
 
-async def test_missing_init_image_fails_the_job(api: inference_pb2_grpc.InferenceStub) -> None:
+async def test_missing_init_image_is_refused_at_submit(api: inference_pb2_grpc.InferenceStub) -> None:
     who = actor("editor")
     req = inference_pb2.SubmitJobRequest(
         actor=who,
@@ -350,12 +387,64 @@ async def test_missing_init_image_fails_the_job(api: inference_pb2_grpc.Inferenc
         model="tiny-sd",
         params=inference_pb2.GenerationParams(prompt="make it blue", init_image_id=str(uuid.uuid4())),
     )
-    job = await api.SubmitJob(req)
-    events = await watch(api, who, job.id)
-    final = events[-1].job
-    assert events[-1].type == "failed" and final.status == "failed"
-    assert final.error_code == "init_image_not_found"
-    assert final.error_message and not final.images
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.SubmitJob(req)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_code(err.value) == "init_image_not_found" and error_field(err.value) == "init_image_id"
+    assert not (await api.ListJobs(inference_pb2.ListJobsRequest(actor=who))).jobs
+
+
+async def upload(gallery: gallery_pb2_grpc.GalleryStub, who: common_pb2.Actor, size: tuple[int, int]) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, format="PNG")
+    image = await gallery.UploadImage(
+        gallery_pb2.UploadImageRequest(actor=who, data=buf.getvalue(), filename="red.png", purpose="init")
+    )
+    return str(image.id)
+
+
+def edit(who: common_pb2.Actor, kind: str, image_id: str, **params: Any) -> inference_pb2.SubmitJobRequest:
+    return inference_pb2.SubmitJobRequest(
+        actor=who,
+        kind=kind,
+        model="tiny-sd",
+        params=inference_pb2.GenerationParams(prompt="sharper", init_image_id=image_id, **params),
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "code"),
+    [((24, 24), "invalid_size"), ((256, 256), "upscale_cannot_grow"), ((256, 64), "upscale_cannot_grow")],
+)
+async def test_an_upscale_that_cannot_grow_is_refused_at_submit(
+    api: inference_pb2_grpc.InferenceStub,
+    gallery: gallery_pb2_grpc.GalleryStub,
+    size: tuple[int, int],
+    code: str,
+) -> None:
+    who = actor("enlarger")
+    image_id = await upload(gallery, who, size)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.SubmitJob(edit(who, "upscale", image_id, steps=2))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_code(err.value) == code and error_field(err.value) == "init_image_id"
+    assert "upscale" in (err.value.details() or "")
+    assert not (await api.ListJobs(inference_pb2.ListJobsRequest(actor=who))).jobs
+
+
+async def test_an_upscale_reports_the_size_it_makes(
+    api: inference_pb2_grpc.InferenceStub, gallery: gallery_pb2_grpc.GalleryStub
+) -> None:
+    who = actor("enlarger")
+    image_id = await upload(gallery, who, (200, 100))
+    job = await api.SubmitJob(edit(who, "upscale", image_id, steps=2))
+    # Twice 200x100, shrunk to the model's max of 256 a side.
+    params = json.loads(job.params_json)
+    assert (params["width"], params["height"]) == (256, 128)
+    done = await wait_status(api, who, job.id, TERMINAL)
+    assert done.status == "completed", done.error_message
+    with Image.open(io.BytesIO(await read_image(gallery, who, done.images[0].id))) as im:
+        assert im.size == (256, 128)
 
 
 async def test_edit_of_an_uploaded_image_runs_at_its_size(
@@ -377,8 +466,12 @@ async def test_edit_of_an_uploaded_image_runs_at_its_size(
             ),
         )
     )
+    # The job says the size it makes (it said 0x0: issue 18, finding 10).
+    params = json.loads(job.params_json)
+    assert (params["width"], params["height"]) == (80, 64)
     done = await wait_status(api, who, job.id, TERMINAL)
     assert done.status == "completed", done.error_message
+    assert (json.loads(done.params_json)["width"], json.loads(done.params_json)["height"]) == (80, 64)
     data = await read_image(gallery, who, done.images[0].id)
     with Image.open(io.BytesIO(data)) as im:
         assert im.size == (80, 64)
@@ -386,16 +479,16 @@ async def test_edit_of_an_uploaded_image_runs_at_its_size(
     assert meta["kind"] == "img2img" and meta["init_image_id"] == upload.id and meta["strength"] == 0.5
     # Someone else cannot edit it: the init image is not theirs.
     stranger = actor("stranger")
-    other = await api.SubmitJob(
-        inference_pb2.SubmitJobRequest(
-            actor=stranger,
-            kind="img2img",
-            model="tiny-sd",
-            params=inference_pb2.GenerationParams(prompt="mine now", init_image_id=upload.id, steps=2),
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.SubmitJob(
+            inference_pb2.SubmitJobRequest(
+                actor=stranger,
+                kind="img2img",
+                model="tiny-sd",
+                params=inference_pb2.GenerationParams(prompt="mine now", init_image_id=upload.id, steps=2),
+            )
         )
-    )
-    failed = await wait_status(api, stranger, other.id, TERMINAL)
-    assert failed.status == "failed" and failed.error_code == "init_image_not_found"
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_code(err.value) == "init_image_not_found"
 
 
 async def test_jobs_are_visible_to_their_owner_only(api: inference_pb2_grpc.InferenceStub) -> None:
@@ -557,3 +650,22 @@ async def test_trace_follows_the_job_into_the_worker(
             if line.startswith("{") and trace_id in line
         ]
         assert any(line.get("job_id") == job.id for line in lines), name
+
+
+async def test_closed_watch_streams_log_no_context_errors(
+    stack: Stack, api: inference_pb2_grpc.InferenceStub
+) -> None:
+    """A client that stops following a job must not make the api log "Failed to detach context"."""
+    who = actor("watcher")
+    job = await api.SubmitJob(txt2img(who, model="tiny-sdxl", prompt="never started", steps=2))
+    for _ in range(3):
+        call = api.WatchJob(inference_pb2.WatchJobRequest(actor=who, job_id=job.id), timeout=30)
+        first = await call.read()
+        assert first.type == "queued"
+        call.cancel()
+    await api.CancelJob(inference_pb2.CancelJobRequest(actor=who, job_id=job.id))
+    await asyncio.sleep(1.0)
+    assert stack.log_dir is not None
+    text = (stack.log_dir / "inference-api.log").read_text()
+    assert "Failed to detach context" not in text
+    assert "Traceback" not in text

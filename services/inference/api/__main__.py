@@ -17,6 +17,7 @@ from services.common.messaging import connect, ensure_streams
 from services.common.process import run, setup_process
 from services.inference.messages import cancel_bucket
 
+from .dispatch import Dispatcher
 from .events import AbandonedJobs, EventApplier
 from .queue import QueueMetrics
 from .service import InferenceService
@@ -43,19 +44,33 @@ async def main() -> None:
         cancelled = await cancel_bucket(js)
         gallery_channel = channel(settings.gallery_target, "gallery", settings.rpc_timeout_s)
         stack.push_async_callback(gallery_channel.close)
-        store = JobStore(pool, settings.jobs_in_flight_limit, settings.jobs_per_day_limit)
+        store = JobStore(
+            pool,
+            settings.jobs_in_flight_limit,
+            settings.jobs_per_day_limit,
+            settings.jobs_in_flight_cost_limit,
+        )
+        dispatcher = Dispatcher(pool, js, settings.dispatch_window, settings.dispatch_interval_s)
         catalog = ModelCatalog(settings.models_dir, settings.default_model, settings.models_refresh_s)
         await catalog.models()
         service = InferenceService(
-            settings, store, catalog, nc, js, cancelled, gallery_pb2_grpc.GalleryStub(gallery_channel)
+            settings,
+            store,
+            catalog,
+            nc,
+            js,
+            cancelled,
+            gallery_pb2_grpc.GalleryStub(gallery_channel),
+            dispatcher,
         )
-        applier = EventApplier(js, store)
+        applier = EventApplier(js, store, dispatcher.kick)
         applying = asyncio.create_task(applier.run(await applier.bind()))
         abandoned = AbandonedJobs(nc, js)
         await abandoned.start()
         queue_metrics = asyncio.create_task(
-            QueueMetrics(js, catalog, settings.queue_metrics_interval_s).run(), name="queue-metrics"
+            QueueMetrics(js, catalog, settings.queue_metrics_interval_s, pool).run(), name="queue-metrics"
         )
+        dispatching = asyncio.create_task(dispatcher.run(), name="dispatch-tick")
 
         server = GrpcServer("inference-api", settings)
         server.add(
@@ -74,6 +89,10 @@ async def main() -> None:
             await server.serve_until_stopped(stopping)
         finally:
             applier.stop()
+            dispatching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatching
+            await dispatcher.close()
             queue_metrics.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await queue_metrics

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 
 import asyncpg
 import nats.errors
@@ -57,9 +58,13 @@ def note_applied(event: JobEventMessage, row: JobRow | None) -> None:
 
 
 class EventApplier:
-    def __init__(self, js: JetStreamContext, store: JobStore) -> None:
+    def __init__(
+        self, js: JetStreamContext, store: JobStore, on_change: Callable[[str], None] | None = None
+    ) -> None:
         self.js = js
         self.store = store
+        # Told the model of every job an event started or ended: the dispatcher's cue to send more.
+        self.on_change = on_change
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -121,6 +126,8 @@ class EventApplier:
             await msg.nak(delay=2.0)
             return
         note_applied(event, row)
+        if row is not None and self.on_change is not None and event.type != "progress":
+            self.on_change(row.model)
         try:
             await msg.ack()
         except nats.errors.Error:

@@ -43,3 +43,13 @@ CONSUMER_ACK_PENDING = Gauge(
     "Jobs delivered to a worker of a model and not yet acknowledged (running or about to).",
     ["model"],
 )
+JOBS_DISPATCHED = Counter(
+    "easel_inference_jobs_dispatched",
+    "Jobs sent from the api's fair queue to a model's work subject, by model.",
+    ["model"],
+)
+JOBS_HELD = Gauge(
+    "easel_inference_jobs_held",
+    "Jobs waiting in the api's fair queue (Postgres), not yet sent to the workers, by model.",
+    ["model"],
+)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import asyncpg
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.common.messaging import JOBS_STREAM, job_subject, worker_consumer_name
 
-from .metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING, QUEUE_DEPTH
+from .metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING, JOBS_HELD, QUEUE_DEPTH
 from .validation import ModelCatalog
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,35 @@ async def read_queue(js: JetStreamContext, model: str) -> tuple[int, int]:
 
 
 class QueueMetrics:
-    def __init__(self, js: JetStreamContext, catalog: ModelCatalog, interval_s: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, catalog: ModelCatalog, interval_s: float, pool: asyncpg.Pool | None = None
+    ) -> None:
+        self.pool = pool
         self.js = js
         self.catalog = catalog
         self.interval_s = interval_s
         self._reported: set[str] = set()
 
+    async def held(self) -> dict[str, int]:
+        """Jobs per model waiting in the fair queue (Postgres), not yet sent to the workers."""
+        if self.pool is None:
+            return {}
+        records = await self.pool.fetch(
+            """SELECT model, count(*) AS n FROM jobs
+               WHERE status = 'queued' AND dispatched_at IS NULL GROUP BY model"""
+        )
+        return {r["model"]: int(r["n"]) for r in records}
+
     async def refresh(self) -> None:
         models = set(await self.catalog.models())
+        try:
+            held = await self.held()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.debug("counting held jobs failed: %s", type(exc).__name__)
+            held = None
+        if held is not None:
+            for model in models:
+                JOBS_HELD.labels(model).set(held.get(model, 0))
         for model in sorted(models):
             try:
                 pending, ack_pending = await read_queue(self.js, model)
@@ -54,7 +76,7 @@ class QueueMetrics:
             QUEUE_DEPTH.labels(model).set(pending + ack_pending)
         # A model taken off the volume stops being reported instead of freezing at its last value.
         for gone in self._reported - models:
-            for gauge in (CONSUMER_PENDING, CONSUMER_ACK_PENDING, QUEUE_DEPTH):
+            for gauge in (CONSUMER_PENDING, CONSUMER_ACK_PENDING, QUEUE_DEPTH, JOBS_HELD):
                 try:
                     gauge.remove(gone)
                 except KeyError:

@@ -20,22 +20,25 @@ from nats.js.kv import KeyValue
 from easel.common.v1 import common_pb2
 from easel.gallery.v1 import gallery_pb2, gallery_pb2_grpc
 from easel.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.common.errors import conflict, invalid, unauthenticated, unavailable
-from services.common.messaging import EVENTS_STREAM, cancel_subject, event_subject, job_subject, publish
+from services.common.errors import EaselError, conflict, invalid, unauthenticated, unavailable
+from services.common.messaging import EVENTS_STREAM, cancel_subject, event_subject, publish, trace_headers
 from services.inference.messages import (
+    EDIT_KINDS,
     TERMINAL,
     JobEventMessage,
     JobParams,
     MessageError,
-    WorkMessage,
     image_params,
 )
+from services.inference.models import ModelManifest
 from services.inference.schedulers import sampler_names
 
+from .dispatch import Dispatcher
 from .events import note_applied
 from .metrics import CACHE_HITS, JOBS_SUBMITTED, WATCH_STREAMS
 from .settings import InferenceApiSettings
-from .store import JobRow, JobStore, NewJob
+from .sizes import edit_size
+from .store import JobRow, JobStore, NewJob, job_cost, refuse_nul
 from .validation import ModelCatalog, normalize
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,9 @@ MAX_IDEMPOTENCY_KEY = 200
 # WatchJob seq = stream sequence of the last event * this + a counter of position updates since:
 # position changes have no event of their own, and seq must still grow.
 SEQ_SCALE = 1000
+# How long a job the result cache may answer is kept from the workers: the copy takes well under a
+# second; an api that dies meanwhile leaves the job to be sent when this runs out.
+CACHE_HOLD_S = 30.0
 
 
 def require_user(actor: common_pb2.Actor, what: str) -> str:
@@ -123,7 +129,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         js: JetStreamContext,
         cancelled: KeyValue,
         gallery: gallery_pb2_grpc.GalleryStub | None,
+        dispatcher: Dispatcher,
     ) -> None:
+        self.dispatcher = dispatcher
         self.settings = settings
         self.store = store
         self.catalog = catalog
@@ -166,68 +174,94 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                         field="idempotency_key",
                     )
                 if existing.status == "queued":
-                    # The first attempt may have died between its commit and its publish; publishing
-                    # again is safe: the message id is the job id, so JetStream drops a duplicate.
-                    await self._queue(existing, existing.job_params(), drop_on_failure=False)
+                    # The first attempt may have died before its job was sent; sending again is safe:
+                    # the message id is the job id, so JetStream drops a duplicate.
+                    await self._republish(existing)
                 return await self._proto(existing)
+        params = norm.params
+        refuse_nul(params.init_image_id, "init_image_id", "init image id")
+        refuse_nul(params.mask_image_id, "mask_image_id", "mask image id")
+        if norm.kind in EDIT_KINDS:
+            params = await self._resolve_edit(request.actor, norm.kind, norm.model, params)
+        cacheable = self.settings.result_cache and norm.cache_key is not None and self.gallery is not None
         new = NewJob(
             id=str(uuid.uuid4()),
             owner_id=owner,
             owner_username=request.actor.username,
             kind=norm.kind,
             model=norm.model.name,
-            params=norm.params,
+            params=params,
             request_hash=norm.request_hash,
             idempotency_key=key or None,
             cache_key=norm.cache_key,
+            cost=job_cost(params),
+            trace=trace_headers(),
         )
-        if self.settings.result_cache and norm.cache_key:
-            # Before copying images: a refused job must not leave copies behind.
-            await self.store.check_limits(owner, in_flight=False)
-            images = await self._from_cache(norm.cache_key, new)
-            if images is not None:
-                row, created = await self.store.create(new, cached_images=images)
-                if created:
-                    CACHE_HITS.labels(new.model).inc()
-                    JOBS_SUBMITTED.labels(new.model, new.kind).inc()
-                    log.info("job answered from the result cache", extra={"job_id": row.id})
-                return await self._proto(row)
-        # The insert also gives the queue position: no second query for the answer.
-        row, created, position = await self.store.submit(new)
+        # The limits, the insert and the fair-queue tag in one statement: a refused job leaves nothing
+        # behind. A job the result cache may answer is held back from the workers meanwhile.
+        row, created, position = await self.store.submit(new, hold_s=CACHE_HOLD_S if cacheable else 0.0)
         if not created:
             return await self._proto(row)
-        await self._queue(row, norm.params, drop_on_failure=True)
         JOBS_SUBMITTED.labels(row.model, row.kind).inc()
+        if cacheable and norm.cache_key:
+            images = await self._from_cache(norm.cache_key, new)
+            if images is not None:
+                done = await self.store.complete_cached(row.id, images)
+                if done is not None:
+                    CACHE_HITS.labels(new.model).inc()
+                    log.info("job answered from the result cache", extra={"job_id": row.id})
+                    return to_proto(done)
+            await self.store.release(row.id)
+            position = await self.store.position(row)
+        self.dispatcher.kick(row.model)
         log.info("job queued", extra={"job_id": row.id, "model": row.model, "kind": row.kind})
         return to_proto(row, position)
 
-    async def _queue(self, row: JobRow, params: JobParams, drop_on_failure: bool) -> None:
-        """Publishes the job's work message (message id = job id)."""
-        work = WorkMessage(
-            job_id=row.id,
-            owner_id=row.owner_id,
-            owner_username=row.owner_username,
-            kind=row.kind,
-            model=row.model,
-            params=params,
-            submitted_at=row.created_at.timestamp(),
-        )
+    async def _resolve_edit(
+        self, actor: common_pb2.Actor, kind: str, manifest: ModelManifest, params: JobParams
+    ) -> JobParams:
+        """Fills in the size an edit makes, from its init image's record; refuses what cannot work.
+
+        The init image must be the caller's: one that is not (or no longer) is refused here, before
+        the job waits in the queue. Without a gallery (tests of the api alone) the worker decides.
+        """
+        if self.gallery is None:
+            return params
         try:
-            await publish(self.js, job_subject(row.model, row.kind), work.encode(), msg_id=row.id)
+            image = await self.gallery.GetImage(
+                gallery_pb2.GetImageRequest(actor=actor, image_id=params.init_image_id),
+                timeout=self.settings.rpc_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise EaselError(
+                    "init_image_not_found",
+                    f"The init image {params.init_image_id!r} does not exist or is not yours; upload it "
+                    "again and retry.",
+                    grpc.StatusCode.NOT_FOUND,
+                    field="init_image_id",
+                ) from None
+            log.warning("could not read the init image's record: %s", exc.code().name)
+            raise unavailable(
+                "gallery_unavailable", "The input image cannot be read right now; try again in a moment."
+            ) from None
+        width, height = edit_size(kind, params.width, params.height, image.width, image.height, manifest)
+        return params.model_copy(update={"width": width, "height": height})
+
+    async def _republish(self, row: JobRow) -> None:
+        try:
+            await self.dispatcher.republish(row)
         except NATS_ERRORS as exc:
-            log.warning("could not queue job %s: %s", row.id, type(exc).__name__)
-            if drop_on_failure:
-                # Without its message the job would wait forever; drop it so a retry starts clean.
-                await self.store.delete(row.id)
+            log.warning("could not send job %s again: %s", row.id, type(exc).__name__)
             raise unavailable(
                 "queue_unavailable", "The job queue is not reachable right now; try again in a moment."
             ) from None
 
     async def _from_cache(self, cache_key: str, new: NewJob) -> list[dict[str, Any]] | None:
-        """Copies a finished identical job's images into the new owner's gallery; None on a miss."""
+        """Copies the owner's finished identical job's images into a new job; None on a miss."""
         if self.gallery is None:
             return None
-        source = await self.store.find_cached(cache_key)
+        source = await self.store.find_cached(cache_key, new.owner_id)
         if source is None:
             return None
         reader = common_pb2.Actor(user_id=source.owner_id, username=source.owner_username, role="user")
@@ -329,6 +363,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 await self.store.note_seq(row.id, seq)
                 row = cancelled
             await self.nc.publish(cancel_subject(row.id), b"")
+            self.dispatcher.kick(row.model)
         except NATS_ERRORS as exc:
             log.warning("cancel of %s not delivered: %s", row.id, type(exc).__name__)
             raise unavailable(
@@ -396,7 +431,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 if event.type != "progress":
                     # The durable applier may not have got here yet; applying is idempotent, and then
                     # a GetJob right after this event agrees with it.
-                    note_applied(event, await self.store.apply_event(event, seq))
+                    applied = await self.store.apply_event(event, seq)
+                    note_applied(event, applied)
+                    if applied is not None:
+                        self.dispatcher.kick(applied.model)
                 base, minor = seq, 0
                 yield inference_pb2.JobEvent(type=event.type, job=job, seq=base * SEQ_SCALE)
                 if job.status in TERMINAL:

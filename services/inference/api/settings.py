@@ -8,6 +8,8 @@ from pydantic import Field
 
 from services.common.config import DEFAULT_NATS_URL, DatabaseSettings
 
+from .store import DEFAULT_COST_LIMIT
+
 
 class InferenceApiSettings(DatabaseSettings):
     grpc_port: int = Field(default=50053, ge=0, le=65535)
@@ -20,6 +22,17 @@ class InferenceApiSettings(DatabaseSettings):
     # Per-user limits. In flight = queued or running; the day is the UTC calendar day.
     jobs_in_flight_limit: int = Field(default=8, ge=1)
     jobs_per_day_limit: int = Field(default=1000, ge=1)
+    # Pixel-steps (width x height x steps x images) one user may have queued or running at once; one
+    # job larger than this still runs when it is the user's only one. Default: eight 1024x1024 single
+    # images of 30 steps.
+    jobs_in_flight_cost_limit: int = Field(default=DEFAULT_COST_LIMIT, ge=1)
+
+    # Fair dispatch: jobs wait in Postgres and at most this many per model are sent to the workers and
+    # not yet started. About what the workers take at once (batch size x workers): larger keeps GPUs
+    # fed through bursts, smaller lets a newcomer's job overtake a backlog sooner.
+    dispatch_window: int = Field(default=4, ge=1, le=10_000)
+    # How often every replica looks for held jobs (besides dispatching on submits and job events).
+    dispatch_interval_s: float = Field(default=1.0, gt=0, le=60)
     # At most the engine's own limit (2000), which a worker enforces anyway.
     prompt_max_chars: int = Field(default=2000, ge=1, le=2000)
 
