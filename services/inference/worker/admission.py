@@ -68,6 +68,8 @@ class Admission:
 
     async def admit(self, model: str, job: Job) -> None:
         """Turns the message into a checked GenerationRequest (job.req), or settles the job."""
+        if job.settled:  # finished already (see Deliveries.take)
+            return
         work = job.work
         if work.model != model:
             await self.deliveries.fail(

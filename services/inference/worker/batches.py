@@ -21,6 +21,7 @@ from services.inference.engine import Cancelled, Engine
 from .delivery import Deliveries, Job, Retry
 from .generation_thread import GenerationThread
 from .handoff import Handoff
+from .liveness import StallClock
 from .metrics import BATCH_SIZE, JOBS_PROCESSED, MODEL_LOAD_TIME, RUN_TIME
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Batches:
         handoff: Handoff,
         stopping: asyncio.Event,
         progress_interval_s: float,
+        stall: StallClock,
     ) -> None:
         self.engine = engine
         self.generation = generation
@@ -43,6 +45,7 @@ class Batches:
         self.handoff = handoff
         self.stopping = stopping
         self.progress_interval_s = progress_interval_s
+        self.stall = stall
         # Set when the grace period ran out: the running batch stops at its next step and goes back.
         self.abort = False
         self._gpu = asyncio.Lock()
@@ -67,8 +70,12 @@ class Batches:
         """Runs the group's generation (the GPU is ours); returns the images to deliver."""
         d = self.deliveries
         live: list[Job] = []
+        # Still ours? A worker paused while this group waited for the GPU may have lost it.
+        await asyncio.gather(*(d.still_ours(job) for job in group))
         for job in group:
-            if job.cancelled:
+            if job.superseded:
+                d.drop(job)
+            elif job.cancelled:
                 await d.cancelled(job, model)
             elif self.stopping.is_set():
                 # Fetched ahead and not started: another worker can start it now.
@@ -87,6 +94,7 @@ class Batches:
         def on_step(step: int, steps: int) -> bool:
             # Runs in the generation thread: only reads flags and hands work to the loop.
             now = time.monotonic()
+            self.stall.beat()
             for job in live:
                 job.step, job.steps = step, steps
             if step == 1 or now - last[0] >= self.progress_interval_s:
@@ -95,13 +103,19 @@ class Batches:
             for job in live:
                 if job.cancelled and not job.cancel_reported:
                     loop.call_soon_threadsafe(self._cancel_soon, job, model)
-            return not (self.abort or all(job.cancelled for job in live))
+            # A job taken over by a later delivery (see claims.py) is not worth another step.
+            return not (self.abort or all(job.cancelled or job.superseded for job in live))
 
         def generate() -> tuple[float, list[list[Image.Image]]]:
             load = self.engine.load(model)
             if load:
                 MODEL_LOAD_TIME.labels(model).observe(load)
-            return load, self.engine.generate(model, [job.req for job in live if job.req], on_step)
+            # The stall clock runs from here (loading does not count) to the end of the generation.
+            self.stall.begin()
+            try:
+                return load, self.engine.generate(model, [job.req for job in live if job.req], on_step)
+            finally:
+                self.stall.end()
 
         started = time.perf_counter()
         # A child of the first job's span, so a job's trace runs on into the pipeline stages; the
@@ -116,7 +130,9 @@ class Batches:
                 load_s, results = await self.generation.run(generate)
             except Cancelled:
                 for job in live:
-                    if job.cancelled:
+                    if job.superseded:
+                        d.drop(job)
+                    elif job.cancelled:
                         await d.cancelled(job, model)
                     else:
                         # Stopped for a shutdown: straight back to the queue for another worker.
@@ -146,7 +162,9 @@ class Batches:
         BATCH_SIZE.labels(model).observe(len(live))
         delivered = []
         for job, images in zip(live, results, strict=True):
-            if job.cancelled:
+            if job.superseded:
+                d.drop(job)
+            elif job.cancelled:
                 await d.cancelled(job, model)
             else:
                 delivered.append((job, images))

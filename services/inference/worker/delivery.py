@@ -2,25 +2,36 @@
 
 Delivery rules (see ARCHITECTURE.md, Messaging):
 - success: images to gallery (idempotent per job and index), then the completed event (de-duplicated
-  by `<job_id>.completed`), then ack. A worker killed anywhere before the ack loses nothing: the
-  message comes back after ack_wait and the same seeds make the same images again.
+  by `<job_id>.completed`), then the claim marked completed, then ack. A brief outage of the gallery
+  or NATS is retried with the images in hand (EASEL_WORKER_HANDOFF_S) before any nak. A worker
+  killed anywhere before the ack loses nothing: the message comes back after ack_wait and the same
+  seeds make the same images again.
 - retryable failure (gallery or NATS unavailable, a model that will not load here): nak with a
   delay; on the last allowed delivery it becomes a permanent failure.
 - permanent failure (bad input): failed event with code and message, then term.
 - cancelled: a cancelled event, then ack (the job is done, not retried).
 - while a job is held (queued behind the GPU, generating, being handed to the gallery), a heartbeat
   sends `in_progress` every third of ack_wait, so JetStream does not hand it to another worker.
+- a job already finished (its claim final, see claims.py: say its ack was lost) is acked without
+  work; a delivery whose claim a later delivery took over (this worker was paused past its ack
+  window) is dropped: no images stored, no event, not settled.
 
 Examples, for one job message:
 
     job = deliveries.open("tiny-sd", msg)       # None: unreadable, already termed
+    if not await deliveries.take(job):          # finished already: acked without work
+        return
     beat = asyncio.create_task(deliveries.heartbeat([job]))
+    ...
+    if not await deliveries.still_ours(job):    # taken over while this worker was paused
+        deliveries.drop(job)
     ...                                         # admit, generate, hand off
     await deliveries.retry(job, "tiny-sd", Retry("gallery_unavailable", "..."))  # nak(2 s), or
                                                 # failed + term on the last allowed delivery
     await deliveries.fail(job, "tiny-sd", invalid("bad_size", "..."))            # failed + term
     await deliveries.cancelled(job, "tiny-sd")  # cancelled + ack
-    await deliveries.settle(job, "ack")         # after the completed event
+    await deliveries.finish(job, "completed")   # after the completed event, then
+    await deliveries.settle(job, "ack")
 
 A job is settled once: every later call on it does nothing.
 """
@@ -31,7 +42,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import nats.errors
@@ -48,6 +59,9 @@ from services.inference.engine import GenerationRequest
 from services.inference.messages import JobEventMessage, MessageError, WorkMessage
 
 from .metrics import JOBS_PROCESSED
+
+if TYPE_CHECKING:
+    from .claims import Claims
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("easel.inference.worker")
@@ -81,6 +95,9 @@ class Job:
     step: int = 0
     steps: int = 0
     pending: list[asyncio.Task[None]] = field(default_factory=list)
+    # The revision of this delivery's claim (None: unfenced), and whether a later delivery took it.
+    claim: int | None = None
+    superseded: bool = False
 
     @property
     def id(self) -> str:
@@ -91,13 +108,20 @@ class Deliveries:
     """Opens, keeps alive, reports on and settles job messages, by the rules above."""
 
     def __init__(
-        self, nc: NATS, js: JetStreamContext, worker: str, max_deliver: int, ack_wait_s: float
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        worker: str,
+        max_deliver: int,
+        ack_wait_s: float,
+        claims: Claims | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
         self.worker = worker
         self.max_deliver = max_deliver
         self.ack_wait_s = ack_wait_s
+        self.claims = claims
         self._tasks: set[asyncio.Task[None]] = set()
 
     def open(self, model: str, msg: Msg) -> Job | None:
@@ -126,7 +150,8 @@ class Deliveries:
         return Job(msg=msg, work=work, attempt=attempt, span=span)
 
     async def heartbeat(self, jobs: list[Job]) -> None:
-        """Keeps JetStream from handing our jobs to another worker while we still work on them."""
+        """Keeps JetStream from handing our jobs to another worker while we still work on them, and
+        notices a job taken over meanwhile (this worker was paused): its generation then stops."""
         interval = max(0.5, self.ack_wait_s / 3)
         while True:
             await asyncio.sleep(interval)
@@ -134,6 +159,49 @@ class Deliveries:
                 if not job.settled:
                     with contextlib.suppress(*NATS_ERRORS):
                         await job.msg.in_progress()
+            held = [job for job in jobs if not job.settled and job.claim is not None]
+            await asyncio.gather(*(self.still_ours(job) for job in held))
+
+    # --- claims (see claims.py) ------------------------------------------------------------------
+
+    async def take(self, job: Job) -> bool:
+        """Claims the job for this delivery; False when it is finished already (then acked)."""
+        if self.claims is None:
+            return True
+        taken = await self.claims.take(job.id, job.attempt)
+        if taken.final is not None:
+            await self.settle(job, "ack")
+            JOBS_PROCESSED.labels(job.work.model, "finished").inc()
+            self.log(job, logging.INFO, "job already finished: acked without work", final=taken.final)
+            return False
+        job.claim = taken.revision
+        return True
+
+    async def still_ours(self, job: Job) -> bool:
+        """False once a later delivery (or a final outcome) replaced this delivery's claim."""
+        if job.superseded:
+            return False
+        if self.claims is None or job.claim is None:
+            return True
+        if not await self.claims.still_ours(job.id, job.claim):
+            job.superseded = True
+        return not job.superseded
+
+    async def finish(self, job: Job, state: str) -> None:
+        """Records the job's final outcome in its claim (before the message is settled)."""
+        if self.claims is None or job.settled:
+            return
+        job.claim = None  # our own write changes the revision: no fence from here on
+        await self.claims.finish(job.id, state, job.attempt)
+
+    def drop(self, job: Job) -> None:
+        """Lets go of a delivery a later one took over: nothing stored, reported or settled (its ack
+        or nak could settle the other worker's delivery of the same message)."""
+        if job.settled:
+            return
+        job.settled = True
+        JOBS_PROCESSED.labels(job.work.model, "superseded").inc()
+        self.log(job, logging.WARNING, "job taken over by a later delivery: dropped", attempt=job.attempt)
 
     # --- reporting -------------------------------------------------------------------------------
 
@@ -165,8 +233,12 @@ class Deliveries:
         """A cancelled event, then ack."""
         if job.settled or job.cancel_reported:
             return
+        if job.superseded:
+            self.drop(job)
+            return
         job.cancel_reported = True
         await self.event(job, "cancelled", step=job.step, steps=job.steps)
+        await self.finish(job, "cancelled")
         await self.settle(job, "ack")
         JOBS_PROCESSED.labels(model, "cancelled").inc()
         self.log(job, logging.INFO, "job cancelled", step=job.step)
@@ -175,8 +247,12 @@ class Deliveries:
         """A failed event with the error's code and sentence, then term."""
         if job.settled:
             return
+        if job.superseded:
+            self.drop(job)
+            return
         job.span.set_status(Status(StatusCode.ERROR, exc.code))
         await self.event(job, "failed", error_code=exc.code, error_message=exc.message, step=job.step)
+        await self.finish(job, "failed")
         await self.settle(job, "term")
         JOBS_PROCESSED.labels(model, "failed").inc()
         self.log(job, logging.INFO, "job failed", error_code=exc.code, attempt=job.attempt)
@@ -184,6 +260,9 @@ class Deliveries:
     async def retry(self, job: Job, model: str, exc: Retry) -> None:
         """Nak with a growing delay; on the last allowed delivery, a permanent failure."""
         if job.settled:
+            return
+        if job.superseded:
+            self.drop(job)
             return
         if job.attempt >= self.max_deliver:
             await self.fail(job, model, EaselError(exc.code, exc.message, grpc.StatusCode.UNAVAILABLE))
@@ -194,6 +273,9 @@ class Deliveries:
         JOBS_PROCESSED.labels(model, "retried").inc()
 
     async def nak(self, job: Job, delay: float) -> None:
+        if job.superseded:
+            self.drop(job)
+            return
         await self.settle(job, "nak", delay)
 
     async def settle(self, job: Job, how: str, delay: float = 0.0) -> None:

@@ -5,7 +5,9 @@ The pieces, each in its module:
   max-deliver rule), with the delivery rules;
 - admission.py: a job message becomes a checked GenerationRequest, or is settled early;
 - batches.py: grouping compatible jobs and running each group on the generation thread;
-- handoff.py: the finished images to the gallery, the completed event, the ack.
+- handoff.py: the finished images to the gallery, the completed event, the ack;
+- claims.py: who holds each job, so a finished or taken-over job is not done twice;
+- liveness.py: the stall clock behind /livez.
 
 This module binds the consumers, fetches, keeps BATCHES_IN_HAND batches going at once, and tracks
 cancellations.
@@ -40,9 +42,11 @@ from services.inference.models import ModelManifest
 
 from .admission import Admission, decode_image, fit_size
 from .batches import Batches
+from .claims import Claims
 from .delivery import NATS_ERRORS, Deliveries, Job, Retry
 from .generation_thread import GenerationThread
 from .handoff import RETRYABLE_RPC, Handoff, new_images
+from .liveness import StallClock
 from .metrics import JOBS_RUNNING, MODEL_LOAD_TIME
 from .settings import WorkerSettings
 
@@ -75,6 +79,7 @@ class Worker:
         js: JetStreamContext,
         cancelled: KeyValue,
         gallery: gallery_pb2_grpc.GalleryStub,
+        claims: KeyValue | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -92,13 +97,19 @@ class Worker:
         self._stopping = asyncio.Event()
         self._in_hand: dict[str, Job] = {}
         self._recent_cancels: OrderedDict[str, None] = OrderedDict()
+        self.stall = StallClock(settings.worker_stall_s)
         self.deliveries = Deliveries(
-            nc, js, self.name, settings.worker_max_deliver, settings.worker_ack_wait_s
+            nc,
+            js,
+            self.name,
+            settings.worker_max_deliver,
+            settings.worker_ack_wait_s,
+            Claims(claims, self.name) if claims is not None else None,
         )
         self.admission = Admission(
             engine, models, gallery, self.deliveries, self._is_cancelled, settings.rpc_timeout_s
         )
-        self.handoff = Handoff(gallery, self.deliveries, settings.rpc_timeout_s)
+        self.handoff = Handoff(gallery, self.deliveries, settings.rpc_timeout_s, settings.worker_handoff_s)
         self.batches = Batches(
             engine,
             self.generation,
@@ -106,6 +117,7 @@ class Worker:
             self.handoff,
             self._stopping,
             settings.worker_progress_interval_s,
+            self.stall,
         )
 
     # --- start and stop --------------------------------------------------------------------------
@@ -229,8 +241,12 @@ class Worker:
                 jobs.append(job)
                 self._in_hand[job.id] = job
         JOBS_RUNNING.set(len(self._in_hand))
+        # The heartbeat runs until every job is settled: through admission, the wait for the GPU,
+        # the generation and the hand-off (which may retry a while with the images in hand).
         heartbeat = asyncio.create_task(d.heartbeat(jobs))
         try:
+            # Claimed together (a round trip or two each); a job finished already is acked here.
+            await asyncio.gather(*(d.take(job) for job in jobs))
             for job in jobs:
                 await self.admission.admit(model, job)
             for group in self.batches.groups(model, jobs):
@@ -240,13 +256,14 @@ class Worker:
             for job in jobs:
                 await d.retry(job, model, Retry("generation_failed", "The worker hit an unexpected error."))
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
             for job in jobs:
                 for task in job.pending:
                     with contextlib.suppress(Exception):
                         await task
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            for job in jobs:
                 if not job.settled:
                     # Nothing decided (should not happen): let another delivery decide.
                     await d.nak(job, 1.0)
