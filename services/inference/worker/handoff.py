@@ -89,7 +89,7 @@ class Handoff:
             )
             backoff = Backoff(self.handoff_s)
             while True:
-                if not await self._still_wanted(job, model):
+                if not await self._still_wanted(job):
                     return
                 try:
                     resp = await self.gallery.AddImages(request, timeout=self.rpc_timeout_s * 3)
@@ -118,7 +118,7 @@ class Handoff:
                 worker=d.worker,
             )
             while True:
-                if not await self._still_wanted(job, model):
+                if not await self._still_wanted(job):
                     return
                 try:
                     await publish(
@@ -139,13 +139,11 @@ class Handoff:
         JOBS_PROCESSED.labels(model, "completed").inc()
         d.log(job, logging.INFO, "job completed", images=len(refs), attempt=job.attempt)
 
-    async def _still_wanted(self, job: Job, model: str) -> bool:
-        """False (the job settled) when it was cancelled or taken over by a later delivery."""
+    async def _still_wanted(self, job: Job) -> bool:
+        """False (the job let go) when a later delivery took it over. A cancel arriving now is too
+        late, as before retries: an earlier attempt may have stored the images already."""
         if not await self.deliveries.still_ours(job):
             self.deliveries.drop(job)
-            return False
-        if job.cancelled:
-            await self.deliveries.cancelled(job, model)
             return False
         return not job.settled
 
