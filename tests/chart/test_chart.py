@@ -146,7 +146,8 @@ def test_grpc_services_use_native_grpc_probes_and_http_services_http_probes(defa
     worker = one(default_docs, "Deployment", name("inference-worker"))["spec"]["template"]["spec"]
     wc = worker["containers"][0]
     assert wc["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert wc["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert wc["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert wc["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert {"name": "metrics", "containerPort": 9104, "protocol": "TCP"} in wc["ports"]
 
 
@@ -640,3 +641,19 @@ def test_in_cluster_dependencies_are_off_by_default_and_wire_up_when_on(default_
         if any(_selects(p["podSelector"], c) for p in peers)
     )
     assert admitted == ["auth", "gallery", "inference-api", "migrations"]
+
+
+def test_worker_liveness_follows_its_stall_limit(default_docs: list[Doc]) -> None:
+    """The worker's liveness probe asks /livez, which fails once a generation has not advanced for
+    EASEL_WORKER_STALL_S; the limit comes from the values and is checked by the schema."""
+    worker = one(default_docs, "Deployment", name("inference-worker"))["spec"]["template"]["spec"]
+    wc = worker["containers"][0]
+    env = {e["name"]: e.get("value") for e in wc["env"]}
+    assert env["EASEL_WORKER_STALL_S"] == "300"
+    assert wc["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    docs = render({"inferenceWorker": {"stallSeconds": 90}})
+    wc = one(docs, "Deployment", name("inference-worker"))["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in wc["env"]}["EASEL_WORKER_STALL_S"] == "90"
+    for bad in (0, -5, "soon"):
+        with pytest.raises(helm.HelmError, match="/inferenceWorker/stallSeconds"):
+            render({"inferenceWorker": {"stallSeconds": bad}})

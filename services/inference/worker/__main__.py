@@ -21,8 +21,9 @@ from services.common.telemetry import setup_tracing
 from services.inference.messages import cancel_bucket
 from services.inference.models import ModelManifest, ModelsDirError, discover_models
 
+from .claims import claims_bucket
 from .http import StatusServer
-from .metrics import LOADED_MODELS, MEMORY, READY
+from .metrics import LOADED_MODELS, MEMORY, READY, STALLED
 from .runner import Worker
 from .settings import WorkerSettings
 
@@ -82,10 +83,27 @@ async def main() -> None:
         worker = holder.get("worker")
         return worker is not None and worker.ready and worker.nc.is_connected
 
+    stalled = [False]  # logged once per stall, not at every probe
+
+    def live() -> bool:
+        worker = holder.get("worker")
+        if worker is None or worker.stall.live():
+            stalled[0] = False
+            return True
+        if not stalled[0]:
+            stalled[0] = True
+            log.warning(
+                "the generation has not advanced for %.1fs (EASEL_WORKER_STALL_S=%s): reporting not live",
+                worker.stall.stalled_for(),
+                settings.worker_stall_s,
+            )
+        return False
+
     def refresh() -> None:
         worker = holder.get("worker")
         if worker is None:
             return
+        STALLED.set(worker.stall.stalled_for())
         stats = worker.engine.memory_stats()
         for key, value in stats.items():
             if key == "loaded_models":
@@ -93,7 +111,7 @@ async def main() -> None:
             else:
                 MEMORY.labels(key).set(value)
 
-    status = StatusServer(settings.metrics_host, settings.metrics_port, ready, refresh)
+    status = StatusServer(settings.metrics_host, settings.metrics_port, ready, refresh, live)
     await status.start()
     try:
         accel = Accel.resolve(
@@ -126,6 +144,7 @@ async def main() -> None:
             js,
             await cancel_bucket(js),
             gallery_pb2_grpc.GalleryStub(gallery_channel),
+            await claims_bucket(js),
         )
         holder["worker"] = worker
 

@@ -1,4 +1,6 @@
-"""The worker's only listener: /metrics, /healthz and /readyz on EASEL_METRICS_PORT."""
+"""The worker's only listener on EASEL_METRICS_PORT: /metrics; /healthz (the process answers: the
+startup probe); /livez (and its generation is not stalled: the liveness probe, see liveness.py);
+/readyz (models loaded, consumers bound, NATS connected: the readiness probe)."""
 
 from __future__ import annotations
 
@@ -14,17 +16,26 @@ log = logging.getLogger(__name__)
 
 
 class StatusServer:
-    def __init__(self, host: str, port: int, ready: Callable[[], bool], refresh: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        refresh: Callable[[], None],
+        live: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
         self._refresh = refresh
+        self._live = live
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -54,6 +65,11 @@ class StatusServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        if self._live():
+            return web.json_response({"status": "live"})
+        return web.json_response({"status": "stalled"}, status=503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         if self._ready():

@@ -35,8 +35,19 @@ MODEL_LOAD_TIME = Histogram(
 )
 JOBS_PROCESSED = Counter(
     "easel_inference_worker_jobs",
-    "Job deliveries handled by this worker, by model and outcome (completed, failed, cancelled, retried).",
+    "Job deliveries handled by this worker, by model and outcome (completed, failed, cancelled, "
+    "retried; finished: the job was already finished, acked without work; superseded: a later "
+    "delivery took the job over, dropped without storing).",
     ["model", "outcome"],
+)
+HANDOFF_RETRIES = Counter(
+    "easel_inference_worker_handoff_retries",
+    "Hand-offs of finished images (to the gallery, or the completed event) tried again with the "
+    "images in hand.",
+)
+STALLED = Gauge(
+    "easel_inference_worker_stalled_seconds",
+    "Seconds since the running generation last finished a denoising step (0 when none runs).",
 )
 JOBS_RUNNING = Gauge("easel_inference_worker_jobs_in_hand", "Jobs this worker holds right now.")
 MEMORY = Gauge(

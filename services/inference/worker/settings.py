@@ -30,6 +30,12 @@ class WorkerSettings(CommonSettings):
     worker_max_deliver: int = Field(default=5, ge=1, le=100)
     # Shortest time between two progress events of one job.
     worker_progress_interval_s: float = Field(default=0.25, ge=0.0)
+    # How long a finished generation's hand-off (images to the gallery, the completed event) is tried
+    # again, with backoff and the message kept alive, before the job goes back to the queue.
+    worker_handoff_s: float = Field(default=120.0, ge=0.0, le=3600.0)
+    # A generation that has not finished a denoising step for this long makes the worker not live
+    # (/livez answers 503, and Kubernetes restarts it). Model loading and idle time do not count.
+    worker_stall_s: float = Field(default=300.0, gt=0.0)
 
     # The GPU recipe (see accel.py). auto: reduce-overhead (CUDA graphs), channels-last and fused QKV
     # on CUDA; eager on a CPU.
