@@ -1,45 +1,27 @@
-"""Loading diffusers pipelines from the model volume and running one batch through them.
+"""Loading diffusers pipelines from the model volume: devices, precisions, weight files, memory.
 
-Everything here imports torch and diffusers; `engine.py` imports this module only when it first
-needs a model, so the job API can use the request types and validation without them.
+What is the same for every family; the pipeline classes and load arguments come from the model's
+Family (engine/family.py). Everything here imports torch and diffusers; the engine imports this
+module only when it first needs a model, so the job API can use the request types and validation
+without them.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .models import ModelManifest
 
+if TYPE_CHECKING:
+    from .engine.family import LoadedModel
+
 log = logging.getLogger(__name__)
 
-# Pipeline class per family and task; upscale and variation are img2img passes.
-_CLASSES: dict[bool, dict[str, str]] = {
-    False: {
-        "txt2img": "StableDiffusionPipeline",
-        "img2img": "StableDiffusionImg2ImgPipeline",
-        "inpaint": "StableDiffusionInpaintPipeline",
-    },
-    True: {
-        "txt2img": "StableDiffusionXLPipeline",
-        "img2img": "StableDiffusionXLImg2ImgPipeline",
-        "inpaint": "StableDiffusionXLInpaintPipeline",
-    },
-}
-TASK_OF_KIND = {
-    "txt2img": "txt2img",
-    "img2img": "img2img",
-    "upscale": "img2img",
-    "variation": "img2img",
-    "inpaint": "inpaint",
-}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -53,13 +35,6 @@ def _dtype_kwarg() -> str:
 
 
 _DTYPE_KWARG = _dtype_kwarg()
-
-
-def pipeline_class(manifest: ModelManifest, task: str) -> type[Any]:
-    import diffusers
-
-    cls: type[Any] = getattr(diffusers, _CLASSES[manifest.is_sdxl][task])
-    return cls
 
 
 def resolve_device(device: str) -> str:
@@ -148,19 +123,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype) -> Any:
     """The model's base pipeline on `device`; raises RuntimeError with the most telling failure."""
-    task = "inpaint" if manifest.inpainting else "txt2img"
-    cls = pipeline_class(manifest, task)
-    extra: dict[str, Any] = (
-        {"add_watermarker": False}
-        if manifest.is_sdxl
-        else {
-            # There is no safety checker in the bundled models and Easel does not run one; not loading
-            # it also saves 1.2 GB on checkpoints that ship it.
-            "safety_checker": None,
-            "feature_extractor": None,
-            "requires_safety_checker": False,
-        }
-    )
+    from .engine.family import family_for
+
+    family = family_for(manifest)
+    cls = family.pipeline_class(manifest, family.base_task(manifest))
+    extra = family.load_kwargs(manifest)
     failures: list[str] = []
     for attempt in load_attempts(dtype):
         try:
@@ -179,38 +146,6 @@ def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype) -> A
     # A missing variant is expected; a broken file is what the user needs to hear about.
     telling = [f for f in failures if "variant" not in f.lower()] or failures
     raise RuntimeError(telling[0] if telling else "no loadable weights")
-
-
-@dataclass
-class LoadedModel:
-    manifest: ModelManifest
-    base: Any
-    device: str
-    dtype: torch.dtype
-    nbytes: int
-    scheduler_config: Any
-    pipes: dict[str, Any] = field(default_factory=dict)
-    # The compiled UNet and the shapes it serves (accel.FastPath), once warmed.
-    fast: Any = None
-
-    def pipe(self, task: str) -> Any:
-        """The pipeline for `task`, sharing the base pipeline's weights (built once, on first use)."""
-        if task not in self.pipes:
-            if task == ("inpaint" if self.manifest.inpainting else "txt2img"):
-                self.pipes[task] = self.base
-            else:
-                cls = pipeline_class(self.manifest, task)
-                # Built from the base pipeline's components (and config flags), so every task
-                # shares one copy of the weights. Not from_pipe: it re-casts the shared weights.
-                params = inspect.signature(cls.__init__).parameters
-                kwargs: dict[str, Any] = {k: v for k, v in self.base.components.items() if k in params}
-                kwargs.update({k: v for k, v in self.base.config.items() if k in params and k not in kwargs})
-                if self.manifest.is_sdxl:
-                    kwargs["add_watermarker"] = False
-                pipe = cls(**kwargs)
-                pipe.set_progress_bar_config(disable=True)
-                self.pipes[task] = pipe
-        return self.pipes[task]
 
 
 def _row(value: Any, n: int, i: int) -> Any:
@@ -251,35 +186,8 @@ def make_row_wise(unet: Any) -> None:
     unet.forward = row_wise
 
 
-def load_model(
-    manifest: ModelManifest, device: str, dtype: torch.dtype, batch_invariant: bool = False
-) -> LoadedModel:
-    started = time.perf_counter()
-    base = load_pipeline(manifest, device, dtype)
-    # Decoding one image at a time keeps batches from multiplying the VAE's large activations,
-    # and keeps each image's pixels independent of its batch.
-    base.vae.enable_slicing()
-    if batch_invariant:
-        make_row_wise(base.unet)
-    nbytes = module_bytes(base)
-    log.info(
-        "model %s ready on %s in %.2fs (%.1f MiB of weights)",
-        manifest.name,
-        device,
-        time.perf_counter() - started,
-        nbytes / 2**20,
-    )
-    return LoadedModel(
-        manifest=manifest,
-        base=base,
-        device=device,
-        dtype=dtype,
-        nbytes=nbytes,
-        scheduler_config=base.scheduler.config,
-    )
-
-
 def release(loaded: LoadedModel) -> None:
+    """Drops a model's pipelines so its memory can be freed (and returned to the GPU)."""
     loaded.pipes.clear()
     loaded.fast = None
     loaded.base = None
