@@ -83,10 +83,10 @@ def module_bytes(pipe: Any) -> int:
     return total
 
 
-def estimate_bytes(manifest: ModelManifest, dtype: torch.dtype) -> int:
-    """A guess, before loading, of the bytes a model will take in `dtype`, from its weight files."""
+def estimate_components(manifest: ModelManifest, dtype: torch.dtype) -> dict[str, int]:
+    """A guess, before loading, of the bytes each component will take in `dtype`, from its files."""
     target = torch.empty((), dtype=dtype).element_size()
-    total = 0.0
+    out: dict[str, int] = {}
     for sub in sorted(p for p in manifest.path.iterdir() if p.is_dir()):
         files = [p for p in sub.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)]
         half = [p for p in files if ".fp16." in p.name or ".bf16." in p.name]
@@ -94,11 +94,16 @@ def estimate_bytes(manifest: ModelManifest, dtype: torch.dtype) -> int:
         if full:
             # Prefer safetensors when both formats are present, as the loader does.
             chosen = [p for p in full if p.name.endswith(".safetensors")] or full
-            total += sum(p.stat().st_size for p in chosen) * target / 4
+            out[sub.name] = int(sum(p.stat().st_size for p in chosen) * target / 4)
         elif half:
             chosen = [p for p in half if p.name.endswith(".safetensors")] or half
-            total += sum(p.stat().st_size for p in chosen) * target / 2
-    return int(total)
+            out[sub.name] = int(sum(p.stat().st_size for p in chosen) * target / 2)
+    return out
+
+
+def estimate_bytes(manifest: ModelManifest, dtype: torch.dtype) -> int:
+    """A guess, before loading, of the bytes a model will take in `dtype`, from its weight files."""
+    return sum(estimate_components(manifest, dtype).values())
 
 
 def _short(exc: BaseException) -> str:
@@ -121,8 +126,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype) -> Any:
-    """The model's base pipeline on `device`; raises RuntimeError with the most telling failure."""
+def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype, placement: str = "device") -> Any:
+    """The model's base pipeline on `device`; raises RuntimeError with the most telling failure.
+
+    With an offload `placement` (engine/budget.py) the weights stay in host memory and diffusers'
+    hooks move them to `device` while they run.
+    """
     from .engine.family import family_for
 
     family = family_for(manifest)
@@ -142,6 +151,12 @@ def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype) -> A
             continue
         log.info("loaded %s with %s", manifest.name, attempt)
         pipe.set_progress_bar_config(disable=True)
+        if placement == "model-offload":
+            pipe.enable_model_cpu_offload(device=device)
+            return pipe
+        if placement == "sequential-offload":
+            pipe.enable_sequential_cpu_offload(device=device)
+            return pipe
         return pipe.to(device)
     # A missing variant is expected; a broken file is what the user needs to hear about.
     telling = [f for f in failures if "variant" not in f.lower()] or failures

@@ -73,9 +73,10 @@ def _fake_model(folder: Path, manifest: object) -> Path:
 # --- discovery ------------------------------------------------------------------------------
 
 
-def test_discover_finds_both_bundled_models(tiny_models: Path) -> None:
+def test_discover_finds_every_bundled_model(tiny_models: Path) -> None:
     models = discover_models(tiny_models)
-    assert set(models) == {"tiny-sd", "tiny-sdxl"}
+    assert set(models) == {"tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-flux"}
+    assert (models["tiny-sd3"].family, models["tiny-flux"].family) == ("sd3", "flux")
     sd, xl = models["tiny-sd"], models["tiny-sdxl"]
     assert (sd.family, xl.family) == ("sd1", "sdxl")
     assert sd.kinds == KINDS and xl.kinds == KINDS
@@ -124,7 +125,7 @@ def test_discover_with_only_broken_models_raises(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"family": "sd3"}, "family"),
+        ({"family": "sd4"}, "family"),
         ({"kinds": []}, "kinds"),
         ({"kinds": ["txt2img", "paint"]}, "kinds"),
         ({"default_width": 500}, "multiples of 8"),

@@ -21,6 +21,7 @@ import grpc
 from services.common.errors import EaselError, unavailable
 
 from ..models import ModelManifest
+from .budget import DEVICE, choose_placement, resident_bytes
 from .family import LoadedModel, family_for
 from .requests import installed, model_not_found
 from .stages import tracer
@@ -142,6 +143,15 @@ class ModelCache:
             log.info("unloaded model %s", model)
             return True
 
+    def device_total(self) -> int:
+        """The GPU's memory in bytes (0 on a CPU)."""
+        if not self.device.startswith("cuda"):
+            return 0
+        import torch
+
+        _, total = torch.cuda.mem_get_info(torch.device(self.device))
+        return int(total)
+
     def loaded_bytes(self) -> int:
         return sum(m.nbytes for m in self.loaded.values())
 
@@ -173,14 +183,26 @@ class ModelCache:
         if not pipelines.folder_exists(manifest.path):
             raise self.load_failed(model, "its folder or model_index.json is missing")
         try:
-            estimate = pipelines.estimate_bytes(manifest, self.dtype)
+            components = pipelines.estimate_components(manifest, self.dtype)
         except OSError as exc:
             raise self.load_failed(model, str(exc)) from None
-        self._evict_for(estimate)
+        placement = choose_placement(components, self.budget_bytes, self.device, self.device_total())
+        resident = resident_bytes(components, placement)
+        if placement != DEVICE:
+            log.warning(
+                "model %s needs %.1f GiB of weights, more than the %.1f GiB budget: loading it with %s",
+                model,
+                sum(components.values()) / 2**30,
+                self.budget_bytes / 2**30,
+                placement,
+            )
+        self._evict_for(resident)
         family = family_for(manifest)
         for attempt in (1, 2):
             try:
-                loaded = family.load(manifest, self.device, self.dtype, self.batch_invariant)
+                loaded = family.load(
+                    manifest, self.device, self.dtype, self.batch_invariant, placement, resident
+                )
                 if self.prepare is not None:
                     self.prepare(loaded)
                 return loaded

@@ -146,7 +146,16 @@ class Engine:
         return self.cache.memory_stats()
 
     def _accelerate(self, loaded: LoadedModel) -> None:
+        if loaded.placement != "device":
+            # Compiled graphs and CUDA graphs want weights that stay on the GPU; offloaded ones move.
+            log.info("model %s is offloaded (%s): it runs uncompiled", loaded.manifest.name, loaded.placement)
+            return
         warmup.accelerate(loaded, self.accel, self.batch_invariant)
+
+    def placement(self, model: str) -> str | None:
+        """Where a loaded model's weights live (budget.py), or None when it is not loaded."""
+        loaded = self.loaded(model)
+        return loaded.placement if loaded is not None else None
 
     # --- generation -----------------------------------------------------------------------
 
@@ -198,6 +207,10 @@ class Engine:
         )
         if plan.task == "inpaint":
             images = batching.paste_outside_mask(images, items)
+        if loaded.placement != "device":
+            # Reported with the image: encode_png writes it into the PNG's parameters.
+            for image in images:
+                image.info["easel_placement"] = loaded.placement
         out: list[list[Image.Image]] = []
         at = 0
         for req in reqs:

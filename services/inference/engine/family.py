@@ -58,6 +58,8 @@ class LoadedModel:
     pipes: dict[str, Any] = field(default_factory=dict)
     # The compiled denoiser and the shapes it serves (accel.FastPath), once warmed.
     fast: Any = None
+    # Where the weights live (budget.py): "device", or offloaded to host memory when they do not fit.
+    placement: str = "device"
 
     def pipe(self, task: str) -> Any:
         """The pipeline for `task`, sharing the base pipeline's weights (built once, on first use)."""
@@ -101,18 +103,27 @@ class Family:
         """Per-family changes to a freshly loaded pipeline (slicing, row-wise batching)."""
 
     def load(
-        self, manifest: ModelManifest, device: str, dtype: torch.dtype, batch_invariant: bool
+        self,
+        manifest: ModelManifest,
+        device: str,
+        dtype: torch.dtype,
+        batch_invariant: bool,
+        placement: str = "device",
+        resident: int | None = None,
     ) -> LoadedModel:
+        """The model's base pipeline, placed as `placement` says (budget.py); `resident` is the GPU
+        memory its weights hold between jobs when offloaded (what the cache's budget counts)."""
         from .. import pipelines
 
         started = time.perf_counter()
-        base = pipelines.load_pipeline(manifest, device, dtype)
+        base = pipelines.load_pipeline(manifest, device, dtype, placement)
         self.prepare_loaded(base, batch_invariant)
-        nbytes = pipelines.module_bytes(base)
+        nbytes = pipelines.module_bytes(base) if resident is None or placement == "device" else resident
         log.info(
-            "model %s ready on %s in %.2fs (%.1f MiB of weights)",
+            "model %s ready on %s (%s) in %.2fs (%.1f MiB of weights)",
             manifest.name,
             device,
+            placement,
             time.perf_counter() - started,
             nbytes / 2**20,
         )
@@ -124,6 +135,7 @@ class Family:
             dtype=dtype,
             nbytes=nbytes,
             scheduler_config=base.scheduler.config,
+            placement=placement,
         )
 
     def task_pipeline(self, loaded: LoadedModel, task: str) -> Any:
@@ -233,6 +245,8 @@ _MODULES = {
     "sdxl": "unet",
     "sd-turbo": "unet",
     "sdxl-turbo": "unet",
+    "sd3": "sd3",
+    "flux": "flux",
 }
 
 

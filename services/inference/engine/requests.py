@@ -95,14 +95,16 @@ def output_size(manifest: ModelManifest, req: GenerationRequest) -> tuple[int, i
     """Width and height of the images a request makes.
 
     Upscale doubles the init image, shrunk (keeping its shape) to fit the model's max_size and
-    rounded down to multiples of 8; every other kind makes the requested size.
+    rounded down to multiples of the model's size_multiple (8, or 16 for the transformer families);
+    every other kind makes the requested size.
     """
     if req.kind != "upscale" or req.init_image is None:
         return req.width, req.height
     w, h = req.init_image.size
     w2, h2 = 2 * w, 2 * h
     scale = min(1.0, manifest.max_size / max(w2, h2))
-    return int(w2 * scale) // 8 * 8, int(h2 * scale) // 8 * 8
+    step = manifest.size_multiple
+    return int(w2 * scale) // step * step, int(h2 * scale) // step * step
 
 
 def installed(models: dict[str, ModelManifest]) -> str:
@@ -166,11 +168,12 @@ def validate_request(models: dict[str, ModelManifest], model: str, req: Generati
             )
     else:
         for name, value in (("width", req.width), ("height", req.height)):
-            if not _is_int(value) or value % 8 or not manifest.min_size <= value <= manifest.max_size:
+            step = manifest.size_multiple
+            if not _is_int(value) or value % step or not manifest.min_size <= value <= manifest.max_size:
                 raise invalid(
                     "invalid_size",
-                    f"{name.capitalize()} {value!r} is not allowed for {model}: use a multiple of 8 from "
-                    f"{manifest.min_size} to {manifest.max_size}.",
+                    f"{name.capitalize()} {value!r} is not allowed for {model}: use a multiple of {step} "
+                    f"from {manifest.min_size} to {manifest.max_size}.",
                     field=name,
                 )
     if not _is_int(req.steps) or not 1 <= req.steps <= manifest.max_steps:
@@ -190,7 +193,14 @@ def validate_request(models: dict[str, ModelManifest], model: str, req: Generati
             f"Guidance must be a number from 0 to {MAX_GUIDANCE:g}; got {req.guidance!r}.",
             field="guidance",
         )
-    resolve_sampler(req.sampler)  # raises unknown_sampler naming the valid ones
+    sampler = resolve_sampler(req.sampler)  # raises unknown_sampler naming the valid ones
+    if manifest.samplers and sampler not in manifest.samplers:
+        raise invalid(
+            "unknown_sampler",
+            f"Sampler {req.sampler!r} does not work with {model} (a {manifest.family} model); use one of: "
+            f"{', '.join(manifest.samplers)}.",
+            field="sampler",
+        )
     if req.kind in NEEDS_STRENGTH and (
         isinstance(req.strength, bool)
         or not isinstance(req.strength, int | float)
