@@ -301,3 +301,14 @@ def test_compiled_path_serves_warmed_sizes_with_bucket_padding(
     [[other]] = fast_engine.generate(model, [req("txt2img", [5], size=(80, 64))])
     assert other.size == (80, 64) and not calls
     assert loaded.base.transformer is fast.eager, "the eager transformer is back after each call"
+
+
+def test_warm_up_sizes_keep_to_the_families_multiples(manifests: dict[str, ModelManifest]) -> None:
+    from types import SimpleNamespace
+
+    from services.inference.engine.warmup import warm_sizes
+
+    accel = Accel(compile="default", sizes=((96, 64), (72, 64), (64, 512)))
+    flux = SimpleNamespace(manifest=manifests["tiny-flux"])
+    # 72 is a multiple of 8, not of 16; 512 is past the model's max_size.
+    assert warm_sizes(flux, accel) == [(64, 64), (96, 64)]  # type: ignore[arg-type]

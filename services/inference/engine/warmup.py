@@ -20,13 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def warm_sizes(loaded: LoadedModel, accel: Accel) -> list[tuple[int, int]]:
-    """The model's default size and each configured size it allows, in that order."""
+    """The model's default size and each configured size it allows (in range, in its multiples)."""
     manifest = loaded.manifest
     sizes = [(manifest.default_width, manifest.default_height)]
     sizes += [
         (w, h)
         for w, h in accel.sizes
-        if (w, h) not in sizes and manifest.min_size <= min(w, h) and max(w, h) <= manifest.max_size
+        if (w, h) not in sizes
+        and manifest.min_size <= min(w, h)
+        and max(w, h) <= manifest.max_size
+        and not w % manifest.size_multiple
+        and not h % manifest.size_multiple
     ]
     return sizes
 
