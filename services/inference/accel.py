@@ -174,7 +174,7 @@ def cache_counters() -> dict[str, int]:
 
 @dataclass
 class FastPath:
-    """A loaded model's compiled UNet and the shapes it has been warmed for."""
+    """A loaded model's compiled denoiser (UNet or transformer) and the shapes it has been warmed for."""
 
     eager: Any
     compiled: Any
@@ -184,10 +184,13 @@ class FastPath:
     # (width, height) warmed at every bucket, with classifier-free guidance.
     sizes: set[tuple[int, int]] = field(default_factory=set)
     warm_seconds: float = 0.0
-    runner: CompiledUNet = field(init=False)
+    # The pipeline attribute holding the denoiser, and the stand-in class that calls the compiled one.
+    denoiser: str = "unet"
+    runner_class: Any = None
+    runner: Any = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runner = CompiledUNet(self.compiled, self.eager)
+        self.runner = (self.runner_class or CompiledUNet)(self.compiled, self.eager)
 
     def serves(self, width: int, height: int, guided: bool) -> bool:
         # Warmed with classifier-free guidance only: guidance 1 or below halves the UNet's batch,
@@ -195,18 +198,26 @@ class FastPath:
         return guided and (width, height) in self.sizes
 
 
-def prepare(pipe: Any, accel: Accel) -> FastPath | None:
-    """Applies `accel` to a freshly loaded pipeline; returns the compiled path, if compiling."""
+def prepare(pipe: Any, accel: Accel, denoiser: str = "unet", runner: Any = None) -> FastPath | None:
+    """Applies `accel` to a freshly loaded pipeline; returns the compiled path, if compiling.
+
+    `denoiser` is the pipeline attribute holding the denoiser ("unet", or "transformer" for SD 3.5
+    and Flux); `runner` the class standing in for it during a compiled call (CompiledUNet if None).
+    """
     import torch
 
+    model = getattr(pipe, denoiser)
     if accel.channels_last:
-        # Convolutions run in NHWC on tensor cores; the UNet and VAE are mostly convolutions.
-        pipe.unet.to(memory_format=torch.channels_last)
+        # Convolutions run in NHWC on tensor cores; the UNet and VAE are mostly convolutions (a
+        # transformer has none, so only its VAE changes).
+        if denoiser == "unet":
+            model.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if accel.fuse_qkv:
         # One matrix multiply for Q, K and V instead of three (same weights, concatenated).
         try:
-            pipe.fuse_qkv_projections()
+            fuse = getattr(pipe, "fuse_qkv_projections", None) or model.fuse_qkv_projections
+            fuse()
         except (AttributeError, ValueError, RuntimeError) as exc:
             log.warning("fused QKV not applied: %s", exc)
     if not accel.compiled:
@@ -218,13 +229,20 @@ def prepare(pipe: Any, accel: Accel) -> FastPath | None:
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
     # 1x1 convolutions as matrix multiplies: the faster kernels on GPUs (the diffusers recipe).
     inductor_config.conv_1x1_as_mm = True
-    compiled = torch.compile(pipe.unet, mode=accel.compile, fullgraph=True, dynamic=False)
+    compiled = torch.compile(model, mode=accel.compile, fullgraph=True, dynamic=False)
     decoder = None
     if accel.compile_vae:
         # The decoder module, not vae.decode: the engine's timing hooks sit on the module's wrapper,
         # outside the compiled code.
         decoder = torch.compile(pipe.vae.decoder, mode=accel.compile, fullgraph=True, dynamic=False)
-    return FastPath(eager=pipe.unet, compiled=compiled, buckets=accel.buckets, decoder=decoder)
+    return FastPath(
+        eager=model,
+        compiled=compiled,
+        buckets=accel.buckets,
+        decoder=decoder,
+        denoiser=denoiser,
+        runner_class=runner,
+    )
 
 
 class CompiledUNet:
@@ -253,20 +271,20 @@ class CompiledUNet:
 
 @contextlib.contextmanager
 def installed(pipe: Any, fast: FastPath) -> Iterator[None]:
-    """`pipe` runs on the compiled parts for the duration. The task pipelines share one UNet and
+    """`pipe` runs on the compiled parts for the duration. The task pipelines share one denoiser and
     one VAE, and other shapes must keep running eager, so they are swapped in per call (the engine
     runs one call at a time)."""
-    before = pipe.unet
+    before = getattr(pipe, fast.denoiser)
     vae = pipe.vae
     decoder = vae.decoder
     # Past the pipeline's __setattr__, which would rewrite its config to name the stand-in's class.
-    object.__setattr__(pipe, "unet", fast.runner)
+    object.__setattr__(pipe, fast.denoiser, fast.runner)
     if fast.decoder is not None:
         vae.decoder = fast.decoder
     try:
         yield
     finally:
-        object.__setattr__(pipe, "unet", before)
+        object.__setattr__(pipe, fast.denoiser, before)
         vae.decoder = decoder
 
 

@@ -24,6 +24,7 @@ from services.common.errors import EaselError
 
 from .models import (
     FAMILY_DEFAULTS,
+    FLOW_SAMPLERS,
     KINDS,
     MANIFEST_FILE,
     NAME_RE,
@@ -42,6 +43,12 @@ SDXL_CLASSES = {
     "StableDiffusionXLImg2ImgPipeline",
     "StableDiffusionXLInpaintPipeline",
 }
+SD3_CLASSES = {
+    "StableDiffusion3Pipeline",
+    "StableDiffusion3Img2ImgPipeline",
+    "StableDiffusion3InpaintPipeline",
+}
+FLUX_CLASSES = {"FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"}
 # Components Easel never loads; the safety checker alone is 1.2 GB.
 SKIP_COMPONENTS = {"safety_checker"}
 _WEIGHT_EXTS = (".safetensors", ".bin")
@@ -134,10 +141,12 @@ def guess_manifest(folder: Path, source: str, name: str) -> ModelManifest:
         text = _read_json(folder / "text_encoder" / "config.json")
         # SD 2.x conditions on OpenCLIP ViT-H (1024 wide); SD 1.x on CLIP ViT-L (768).
         family = "sd2" if int(text.get("hidden_size", 768)) >= 1024 else "sd1"
+    elif cls in SD3_CLASSES or cls in FLUX_CLASSES:
+        return _guess_flow_manifest(folder, source, name, "sd3" if cls in SD3_CLASSES else "flux")
     else:
         raise FetchError(
-            f"{source} is a {cls or 'non-diffusers'} model; Easel runs Stable Diffusion 1.x, 2.x and SDXL "
-            "pipelines only"
+            f"{source} is a {cls or 'non-diffusers'} model; Easel runs Stable Diffusion 1.x, 2.x, SDXL, "
+            "SD 3.5 and Flux.1 pipelines only"
         )
     if "turbo" in source.lower():
         family = "sdxl-turbo" if family == "sdxl" else "sd-turbo"
@@ -162,6 +171,42 @@ def guess_manifest(folder: Path, source: str, name: str) -> ModelManifest:
         inpainting=inpainting,
         path=folder,
         source=source,
+    )
+
+
+def _guess_flow_manifest(folder: Path, source: str, name: str, family: str) -> ModelManifest:
+    """SD 3.5 and Flux.1: family defaults, with the few-step distilled variants told apart."""
+    size, steps, guidance, sampler, min_size, max_size, max_steps = FAMILY_DEFAULTS[family]
+    transformer = _read_json(folder / "transformer" / "config.json")
+    length = 256
+    if family == "flux":
+        if transformer.get("guidance_embeds") is False or "schnell" in source.lower():
+            # schnell: timestep-distilled to 1-4 steps, no guidance input, 256 T5 tokens.
+            steps, guidance = 4, 0.0
+        else:
+            length = 512
+    elif "turbo" in source.lower():
+        steps, guidance = 4, 0.0
+    return ModelManifest(
+        name=name,
+        family=family,
+        kinds=KINDS,
+        default_width=size,
+        default_height=size,
+        default_steps=steps,
+        default_guidance=guidance,
+        default_sampler=sampler,
+        min_size=min_size,
+        max_size=max_size,
+        max_steps=max_steps,
+        inpainting=False,
+        path=folder,
+        source=source,
+        samplers=FLOW_SAMPLERS,
+        size_multiple=16,
+        max_sequence_length=length,
+        # Without a T5 folder (some SD 3.5 repacks leave it out) the model runs on its CLIPs alone.
+        t5=family != "sd3" or (folder / "text_encoder_3").is_dir(),
     )
 
 

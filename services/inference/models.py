@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "easel-model.json"
 KINDS = limits.JOB_KINDS
-FAMILIES = ("sd1", "sd2", "sdxl", "sd-turbo", "sdxl-turbo")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3", "flux")
+# Families whose denoiser is a transformer trained with flow matching: they take a T5 encoder's long
+# prompts and only the flow-matching samplers.
+FLOW_FAMILIES = ("sd3", "flux")
+# What a flow-matching model can sample with: Euler on its own (shifted) sigma schedule, or Karras's.
+FLOW_SAMPLERS = ("euler", "euler_karras")
 # Names become NATS subject tokens, so no dots, wildcards or spaces.
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 DEFAULT_MODELS_DIR = Path("./models")
@@ -36,6 +41,10 @@ FAMILY_DEFAULTS: dict[str, tuple[int, int, float, str, int, int, int]] = {
     # Distilled for 1-4 steps without classifier-free guidance; both were trained at 512.
     "sd-turbo": (512, 1, 0.0, "euler_a", 256, 1024, 10),
     "sdxl-turbo": (512, 1, 0.0, "euler_a", 256, 1024, 10),
+    # SD 3.5 Large and Medium: 28-40 steps at CFG 3.5-4.5 (Large Turbo: 4 steps without CFG).
+    "sd3": (1024, 28, 4.0, "euler", 256, 2048, 150),
+    # Flux.1-dev: 28 steps at distilled guidance 3.5 (schnell: 4 steps, guidance unused).
+    "flux": (1024, 28, 3.5, "euler", 256, 2048, 150),
 }
 
 
@@ -68,10 +77,24 @@ class ModelManifest:
     checkpoint: str | None = None
     sha256: str | None = None
     config: str | None = None
+    # Optional fields (absent in older manifests). Samplers the model works with; empty means every
+    # sampler in schedulers.py (the UNet families).
+    samplers: tuple[str, ...] = ()
+    # Width and height must be multiples of this (16 for the transformer families: 8x VAE, 2x2 patches).
+    size_multiple: int = 8
+    # Prompt tokens the T5 encoder reads (sd3, flux); 0 where the family has no T5 encoder.
+    max_sequence_length: int = 0
+    # sd3 only: whether the T5 encoder is loaded (without it SD 3.5 runs on its two CLIP encoders,
+    # in far less memory, with shorter prompts understood less well).
+    t5: bool = True
 
     @property
     def is_sdxl(self) -> bool:
         return self.family in ("sdxl", "sdxl-turbo")
+
+    @property
+    def is_flow(self) -> bool:
+        return self.family in FLOW_FAMILIES
 
     @property
     def is_turbo(self) -> bool:
@@ -82,6 +105,7 @@ class ModelManifest:
         data = asdict(self)
         data.pop("path")
         data["kinds"] = list(self.kinds)
+        data["samplers"] = list(self.samplers)
         for key in ("checkpoint", "sha256", "config"):
             if data[key] is None:
                 data.pop(key)
@@ -151,6 +175,35 @@ def parse_manifest(data: object, path: Path) -> ModelManifest:
     config = data.get("config")
     if config is not None and not isinstance(config, str):
         raise ManifestError(f"config must be a string, got {config!r}")
+    samplers = data.get("samplers", [])
+    if (
+        not isinstance(samplers, list)
+        or any(s not in SAMPLERS for s in samplers)
+        or len(set(samplers)) != len(samplers)
+    ):
+        raise ManifestError(f"samplers must be a list drawn from {', '.join(SAMPLERS)}, got {samplers!r}")
+    if samplers and sampler not in samplers:
+        raise ManifestError(f"default_sampler {sampler!r} must be one of the model's samplers {samplers!r}")
+    size_multiple = data.get("size_multiple", 16 if family in FLOW_FAMILIES else 8)
+    if size_multiple not in (8, 16, 32, 64):
+        raise ManifestError(f"size_multiple must be 8, 16, 32 or 64, got {size_multiple!r}")
+    for key in ("min_size", "max_size", "default_width", "default_height"):
+        if data[key] % size_multiple:
+            raise ManifestError(
+                f"{key} must be a multiple of size_multiple ({size_multiple}), got {data[key]}"
+            )
+    max_sequence_length = data.get("max_sequence_length", 256 if family in FLOW_FAMILIES else 0)
+    if (
+        isinstance(max_sequence_length, bool)
+        or not isinstance(max_sequence_length, int)
+        or not (0 <= max_sequence_length <= 512)
+    ):
+        raise ManifestError(
+            f"max_sequence_length must be an integer from 0 to 512, got {max_sequence_length!r}"
+        )
+    t5 = data.get("t5", True)
+    if not isinstance(t5, bool):
+        raise ManifestError(f"t5 must be true or false, got {t5!r}")
     return ModelManifest(
         name=name,
         family=family,
@@ -169,6 +222,10 @@ def parse_manifest(data: object, path: Path) -> ModelManifest:
         checkpoint=checkpoint,
         sha256=sha256,
         config=config,
+        samplers=tuple(samplers),
+        size_multiple=size_multiple,
+        max_sequence_length=max_sequence_length,
+        t5=t5,
     )
 
 

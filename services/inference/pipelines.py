@@ -1,45 +1,27 @@
-"""Loading diffusers pipelines from the model volume and running one batch through them.
+"""Loading diffusers pipelines from the model volume: devices, precisions, weight files, memory.
 
-Everything here imports torch and diffusers; `engine.py` imports this module only when it first
-needs a model, so the job API can use the request types and validation without them.
+What is the same for every family; the pipeline classes and load arguments come from the model's
+Family (engine/family.py). Everything here imports torch and diffusers; the engine imports this
+module only when it first needs a model, so the job API can use the request types and validation
+without them.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .models import ModelManifest
 
+if TYPE_CHECKING:
+    from .engine.family import LoadedModel
+
 log = logging.getLogger(__name__)
 
-# Pipeline class per family and task; upscale and variation are img2img passes.
-_CLASSES: dict[bool, dict[str, str]] = {
-    False: {
-        "txt2img": "StableDiffusionPipeline",
-        "img2img": "StableDiffusionImg2ImgPipeline",
-        "inpaint": "StableDiffusionInpaintPipeline",
-    },
-    True: {
-        "txt2img": "StableDiffusionXLPipeline",
-        "img2img": "StableDiffusionXLImg2ImgPipeline",
-        "inpaint": "StableDiffusionXLInpaintPipeline",
-    },
-}
-TASK_OF_KIND = {
-    "txt2img": "txt2img",
-    "img2img": "img2img",
-    "upscale": "img2img",
-    "variation": "img2img",
-    "inpaint": "inpaint",
-}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -53,13 +35,6 @@ def _dtype_kwarg() -> str:
 
 
 _DTYPE_KWARG = _dtype_kwarg()
-
-
-def pipeline_class(manifest: ModelManifest, task: str) -> type[Any]:
-    import diffusers
-
-    cls: type[Any] = getattr(diffusers, _CLASSES[manifest.is_sdxl][task])
-    return cls
 
 
 def resolve_device(device: str) -> str:
@@ -108,14 +83,14 @@ def module_bytes(pipe: Any) -> int:
     return total
 
 
-def estimate_bytes(manifest: ModelManifest, dtype: torch.dtype) -> int:
-    """A guess, before loading, of the bytes a model will take in `dtype`, from its weight files."""
+def estimate_components(manifest: ModelManifest, dtype: torch.dtype) -> dict[str, int]:
+    """A guess, before loading, of the bytes each component will take in `dtype`, from its files."""
     target = torch.empty((), dtype=dtype).element_size()
     if manifest.checkpoint:
-        from .singlefile import weights_bytes
+        from .singlefile import component_bytes
 
-        return weights_bytes(manifest.path / manifest.checkpoint, target)
-    total = 0.0
+        return component_bytes(manifest.path / manifest.checkpoint, target)
+    out: dict[str, int] = {}
     for sub in sorted(p for p in manifest.path.iterdir() if p.is_dir()):
         files = [p for p in sub.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)]
         half = [p for p in files if ".fp16." in p.name or ".bf16." in p.name]
@@ -123,11 +98,16 @@ def estimate_bytes(manifest: ModelManifest, dtype: torch.dtype) -> int:
         if full:
             # Prefer safetensors when both formats are present, as the loader does.
             chosen = [p for p in full if p.name.endswith(".safetensors")] or full
-            total += sum(p.stat().st_size for p in chosen) * target / 4
+            out[sub.name] = int(sum(p.stat().st_size for p in chosen) * target / 4)
         elif half:
             chosen = [p for p in half if p.name.endswith(".safetensors")] or half
-            total += sum(p.stat().st_size for p in chosen) * target / 2
-    return int(total)
+            out[sub.name] = int(sum(p.stat().st_size for p in chosen) * target / 2)
+    return out
+
+
+def estimate_bytes(manifest: ModelManifest, dtype: torch.dtype) -> int:
+    """A guess, before loading, of the bytes a model will take in `dtype`, from its weight files."""
+    return sum(estimate_components(manifest, dtype).values())
 
 
 def _short(exc: BaseException) -> str:
@@ -150,21 +130,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype) -> Any:
-    """The model's base pipeline on `device`; raises RuntimeError with the most telling failure."""
-    task = "inpaint" if manifest.inpainting else "txt2img"
-    cls = pipeline_class(manifest, task)
-    extra: dict[str, Any] = (
-        {"add_watermarker": False}
-        if manifest.is_sdxl
-        else {
-            # There is no safety checker in the bundled models and Easel does not run one; not loading
-            # it also saves 1.2 GB on checkpoints that ship it.
-            "safety_checker": None,
-            "feature_extractor": None,
-            "requires_safety_checker": False,
-        }
-    )
+def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype, placement: str = "device") -> Any:
+    """The model's base pipeline on `device`; raises RuntimeError with the most telling failure.
+
+    With an offload `placement` (engine/budget.py) the weights stay in host memory and diffusers'
+    hooks move them to `device` while they run.
+    """
+    from .engine.family import family_for
+
+    family = family_for(manifest)
+    cls = family.pipeline_class(manifest, family.base_task(manifest))
+    extra = family.load_kwargs(manifest)
     failures: list[str] = []
     for attempt in [{}] if manifest.checkpoint else load_attempts(dtype):
         try:
@@ -185,42 +161,16 @@ def load_pipeline(manifest: ModelManifest, device: str, dtype: torch.dtype) -> A
             continue
         log.info("loaded %s with %s", manifest.name, attempt)
         pipe.set_progress_bar_config(disable=True)
+        if placement == "model-offload":
+            pipe.enable_model_cpu_offload(device=device)
+            return pipe
+        if placement == "sequential-offload":
+            pipe.enable_sequential_cpu_offload(device=device)
+            return pipe
         return pipe.to(device)
     # A missing variant is expected; a broken file is what the user needs to hear about.
     telling = [f for f in failures if "variant" not in f.lower()] or failures
     raise RuntimeError(telling[0] if telling else "no loadable weights")
-
-
-@dataclass
-class LoadedModel:
-    manifest: ModelManifest
-    base: Any
-    device: str
-    dtype: torch.dtype
-    nbytes: int
-    scheduler_config: Any
-    pipes: dict[str, Any] = field(default_factory=dict)
-    # The compiled UNet and the shapes it serves (accel.FastPath), once warmed.
-    fast: Any = None
-
-    def pipe(self, task: str) -> Any:
-        """The pipeline for `task`, sharing the base pipeline's weights (built once, on first use)."""
-        if task not in self.pipes:
-            if task == ("inpaint" if self.manifest.inpainting else "txt2img"):
-                self.pipes[task] = self.base
-            else:
-                cls = pipeline_class(self.manifest, task)
-                # Built from the base pipeline's components (and config flags), so every task
-                # shares one copy of the weights. Not from_pipe: it re-casts the shared weights.
-                params = inspect.signature(cls.__init__).parameters
-                kwargs: dict[str, Any] = {k: v for k, v in self.base.components.items() if k in params}
-                kwargs.update({k: v for k, v in self.base.config.items() if k in params and k not in kwargs})
-                if self.manifest.is_sdxl:
-                    kwargs["add_watermarker"] = False
-                pipe = cls(**kwargs)
-                pipe.set_progress_bar_config(disable=True)
-                self.pipes[task] = pipe
-        return self.pipes[task]
 
 
 def _row(value: Any, n: int, i: int) -> Any:
@@ -261,35 +211,8 @@ def make_row_wise(unet: Any) -> None:
     unet.forward = row_wise
 
 
-def load_model(
-    manifest: ModelManifest, device: str, dtype: torch.dtype, batch_invariant: bool = False
-) -> LoadedModel:
-    started = time.perf_counter()
-    base = load_pipeline(manifest, device, dtype)
-    # Decoding one image at a time keeps batches from multiplying the VAE's large activations,
-    # and keeps each image's pixels independent of its batch.
-    base.vae.enable_slicing()
-    if batch_invariant:
-        make_row_wise(base.unet)
-    nbytes = module_bytes(base)
-    log.info(
-        "model %s ready on %s in %.2fs (%.1f MiB of weights)",
-        manifest.name,
-        device,
-        time.perf_counter() - started,
-        nbytes / 2**20,
-    )
-    return LoadedModel(
-        manifest=manifest,
-        base=base,
-        device=device,
-        dtype=dtype,
-        nbytes=nbytes,
-        scheduler_config=base.scheduler.config,
-    )
-
-
 def release(loaded: LoadedModel) -> None:
+    """Drops a model's pipelines so its memory can be freed (and returned to the GPU)."""
     loaded.pipes.clear()
     loaded.fast = None
     loaded.base = None

@@ -54,6 +54,8 @@ def a1111_text(params: dict[str, Any]) -> str:
         fields.append(("Model", params["model"]))
     if params.get("kind") not in (None, "txt2img") and "strength" in params:
         fields.append(("Denoising strength", _fmt_number(params["strength"])))
+    if "placement" in params:
+        fields.append(("Offload", params["placement"]))
     fields.append(("Version", "easel"))
     # Steps first, as A1111 does: some readers look for a line that starts with it.
     fields.sort(key=lambda kv: kv[0] != "Steps")
@@ -134,6 +136,10 @@ PNG_LEVEL = 1
 def encode_png(image: Image.Image, params: dict[str, object]) -> bytes:
     """The image as PNG with `params` in an `easel` JSON chunk and an A1111 `parameters` chunk."""
     info = PngImagePlugin.PngInfo()
+    placement = image.info.get("easel_placement")
+    if isinstance(placement, str) and "placement" not in params:
+        # The engine marks images made with offloaded weights (engine/budget.py).
+        params = {**params, "placement": placement}
     info.add_text(EASEL_CHUNK, json.dumps(params, sort_keys=True, default=str))
     # add_text falls back to an iTXt chunk when the text is not Latin-1 (prompts often are not).
     info.add_text(A1111_CHUNK, a1111_text(dict(params)))

@@ -450,17 +450,27 @@ _DTYPE_BYTES = {
 }
 
 
-def weights_bytes(path: Path, element_size: int) -> int:
-    """The bytes the checkpoint's floating-point tensors take once cast to `element_size` bytes each."""
-    total = 0
-    for info in read_header(path).values():
+# The single-file layout's prefixes, by the diffusers component they become.
+_COMPONENT_PREFIXES = (
+    ("model.diffusion_model.", "unet"),
+    ("first_stage_model.", "vae"),
+    ("cond_stage_model.", "text_encoder"),
+    ("conditioner.embedders.0.", "text_encoder"),
+    ("conditioner.embedders.1.", "text_encoder_2"),
+)
+
+
+def component_bytes(path: Path, element_size: int) -> dict[str, int]:
+    """Bytes per component once the floating-point tensors are cast to `element_size` bytes each."""
+    out: dict[str, int] = {}
+    for key, info in read_header(path).items():
         count = 1
         for dim in info.shape:
             count *= dim
-        total += count * (
-            element_size if info.dtype.startswith(("F", "BF")) else _DTYPE_BYTES.get(info.dtype, 4)
-        )
-    return total
+        size = element_size if info.dtype.startswith(("F", "BF")) else _DTYPE_BYTES.get(info.dtype, 4)
+        component = next((name for prefix, name in _COMPONENT_PREFIXES if key.startswith(prefix)), "other")
+        out[component] = out.get(component, 0) + count * size
+    return out
 
 
 def short_hash(sha256: str) -> str:

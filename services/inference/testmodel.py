@@ -1,4 +1,6 @@
-"""The bundled test models: tiny SD 1.x and SDXL pipelines with random weights from a fixed seed.
+"""The bundled test models: tiny SD 1.x, SDXL, SD 3.5 and Flux.1 pipelines with random weights.
+
+The flow-matching ones (SD 3.5 and Flux.1) are built in testmodel_flow.py.
 
 They are real diffusers folders (safetensors weights, configs, a CLIP tokenizer built here from a
 byte-level vocabulary) so every code path that loads and runs a hub model runs on them too, on a
@@ -13,15 +15,16 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .models import KINDS, MANIFEST_FILE, ModelManifest, write_manifest
+from .models import FLOW_FAMILIES, FLOW_SAMPLERS, KINDS, MANIFEST_FILE, ModelManifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 SEED = 20240601
-BUNDLED = ("tiny-sd", "tiny-sdxl")
+BUNDLED = ("tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-flux")
 MAX_LENGTH = 77
 TEXT_HIDDEN = 32
 VOCAB_SIZE = 1000
@@ -260,6 +263,7 @@ def build_tiny_sdxl(folder: Path, seed: int = SEED) -> None:
 
 
 def _manifest(name: str, family: str, folder: Path) -> ModelManifest:
+    flow = family in FLOW_FAMILIES
     return ModelManifest(
         name=name,
         family=family,
@@ -267,7 +271,8 @@ def _manifest(name: str, family: str, folder: Path) -> ModelManifest:
         default_width=64,
         default_height=64,
         default_steps=4,
-        default_guidance=7.5,
+        # Flux.1-dev's distilled guidance is around 3.5; SD 3.5 runs CFG at about 4.5.
+        default_guidance={"flux": 3.5, "sd3": 4.5}.get(family, 7.5),
         default_sampler="euler",
         min_size=64,
         max_size=256,
@@ -275,15 +280,27 @@ def _manifest(name: str, family: str, folder: Path) -> ModelManifest:
         inpainting=False,
         path=folder,
         source="bundled",
+        samplers=FLOW_SAMPLERS if flow else (),
+        size_multiple=16 if flow else 8,
+        # The tiny T5 reads 32 tokens (the released models: 256 for SD 3.5 and Flux schnell, 512 dev).
+        max_sequence_length=32 if flow else 0,
     )
 
 
-_BUILDERS = {"tiny-sd": ("sd1", build_tiny_sd), "tiny-sdxl": ("sdxl", build_tiny_sdxl)}
+def _builders() -> dict[str, tuple[str, Callable[[Path, int], None]]]:
+    from .testmodel_flow import build_tiny_flux, build_tiny_sd3
+
+    return {
+        "tiny-sd": ("sd1", build_tiny_sd),
+        "tiny-sdxl": ("sdxl", build_tiny_sdxl),
+        "tiny-sd3": ("sd3", build_tiny_sd3),
+        "tiny-flux": ("flux", build_tiny_flux),
+    }
 
 
 def build_bundled(models_dir: Path, name: str, seed: int = SEED) -> Path:
     """Builds one bundled model into `models_dir/name`, replacing what is there."""
-    family, builder = _BUILDERS[name]
+    family, builder = _builders()[name]
     target = models_dir / name
     # Build beside the target and rename, so discovery never sees half a model.
     staging = models_dir / f".building-{name}"

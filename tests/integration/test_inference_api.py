@@ -514,7 +514,8 @@ async def test_jobs_are_visible_to_their_owner_only(api: inference_pb2_grpc.Infe
 async def test_list_models_marks_the_default(api: inference_pb2_grpc.InferenceStub) -> None:
     resp = await api.ListModels(inference_pb2.ListModelsRequest())
     by_name = {m.name: m for m in resp.models}
-    assert set(by_name) == {"tiny-sd", "tiny-sdxl"}
+    assert set(by_name) == {"tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-flux"}
+    assert (by_name["tiny-sd3"].family, by_name["tiny-flux"].family) == ("sd3", "flux")
     assert by_name["tiny-sd"].is_default and not by_name["tiny-sdxl"].is_default
     sd = by_name["tiny-sd"]
     assert sd.family == "sd1" and "txt2img" in sd.kinds and sd.default_width == 64

@@ -123,7 +123,7 @@ models = {"tiny-sd": discover_models(Path(sys.argv[1]))["tiny-sd"]}
 engine = Engine(models, device="cpu", batch_invariant=False,
                 accel=Accel(compile="default", compile_vae=True, buckets=(2,), cache_dir=Path(sys.argv[2])))
 engine.load("tiny-sd")
-print(json.dumps({**cache_counters(), "fast": engine._loaded["tiny-sd"].fast is not None}))
+print(json.dumps({**cache_counters(), "fast": engine.loaded("tiny-sd").fast is not None}))
 """
 
 
@@ -144,7 +144,7 @@ def test_compiled_engine_matches_eager_and_a_new_process_compiles_nothing(
     graphs_before = dynamo_counters["stats"]["unique_graphs"]  # counted per process
     try:
         compiled.load("tiny-sd")
-        fast = compiled._loaded["tiny-sd"].fast
+        fast = compiled.loaded("tiny-sd").fast
         assert fast is not None and fast.sizes == {(64, 64)} and fast.warm_seconds > 0
         # Three images: a full bucket and one padded; one padded, with a sampler's integer timesteps.
         for seeds, sampler in (([5, 6, 7], "euler"), ([8], "dpmpp_2m")):
@@ -162,7 +162,7 @@ def test_compiled_engine_matches_eager_and_a_new_process_compiles_nothing(
         # One compiled UNet graph for the one bucket and one decoder graph; none for the second sampler
         # or the uncompiled shape.
         assert dynamo_counters["stats"]["unique_graphs"] - graphs_before == 2
-        pipe = compiled._loaded["tiny-sd"].base
+        pipe = compiled.loaded("tiny-sd").base
         assert not hasattr(pipe.unet, "_orig_mod") and not hasattr(pipe.vae.decoder, "_orig_mod")
     finally:
         compiled.unload("tiny-sd")
@@ -192,7 +192,7 @@ def test_channels_last_and_fused_qkv_keep_the_images(models_dir: Path, model: st
     req.width = req.height = manifests[model].min_size
     want = plain.generate(model, [req])[0]
     got = fast.generate(model, [req])[0]
-    unet = fast._loaded[model].base.unet
+    unet = fast.loaded(model).base.unet
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert any("Fused" in type(p).__name__ for p in unet.attn_processors.values())
     for a, b in zip(want, got, strict=True):

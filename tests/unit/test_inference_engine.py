@@ -15,8 +15,14 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from services.common.errors import EaselError
-from services.inference import engine as engine_module
-from services.inference.engine import Cancelled, Engine, GenerationRequest, encode_png, read_png_params
+from services.inference.engine import (
+    Cancelled,
+    Engine,
+    GenerationRequest,
+    batching,
+    encode_png,
+    read_png_params,
+)
 from services.inference.models import ModelManifest, discover_models, write_manifest
 from services.inference.pngmeta import parse_a1111
 from services.inference.schedulers import SAMPLERS
@@ -338,13 +344,14 @@ def test_lru_evicts_least_recently_used_within_budget(manifests: dict[str, Model
 def test_components_are_shared_between_kinds(engine: Engine) -> None:
     engine.generate("tiny-sd", [req("img2img")])
     engine.generate("tiny-sd", [req("inpaint")])
-    loaded = engine._loaded["tiny-sd"]
+    loaded = engine.loaded("tiny-sd")
+    assert loaded is not None
     unets = {id(loaded.pipe(task).unet) for task in ("txt2img", "img2img", "inpaint")}
     assert unets == {id(loaded.base.unet)}
 
 
 def test_out_of_memory_retries_in_halves_then_fails(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = engine_module._run_batch
+    real = batching.run_batch
     sizes: list[int] = []
 
     def flaky(loaded, plan, items, on_step, one_by_one):  # type: ignore[no-untyped-def]
@@ -353,7 +360,7 @@ def test_out_of_memory_retries_in_halves_then_fails(engine: Engine, monkeypatch:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(loaded, plan, items, on_step, one_by_one)
 
-    monkeypatch.setattr(engine_module, "_run_batch", flaky)
+    monkeypatch.setattr(batching, "run_batch", flaky)
     [images] = engine.generate("tiny-sd", [req(seeds=[1, 2, 3, 4])])
     assert sizes == [4, 2, 2] and len(images) == 4
     [[alone]] = engine.generate("tiny-sd", [req(seeds=[3])])
@@ -362,7 +369,7 @@ def test_out_of_memory_retries_in_halves_then_fails(engine: Engine, monkeypatch:
     def always(loaded, plan, items, on_step, one_by_one):  # type: ignore[no-untyped-def]
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(engine_module, "_run_batch", always)
+    monkeypatch.setattr(batching, "run_batch", always)
     with pytest.raises(EaselError) as err:
         engine.generate("tiny-sd", [req(seeds=[1, 2])])
     assert err.value.code == "out_of_memory" and "fewer images" in err.value.message

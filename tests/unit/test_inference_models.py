@@ -73,9 +73,10 @@ def _fake_model(folder: Path, manifest: object) -> Path:
 # --- discovery ------------------------------------------------------------------------------
 
 
-def test_discover_finds_both_bundled_models(tiny_models: Path) -> None:
+def test_discover_finds_every_bundled_model(tiny_models: Path) -> None:
     models = discover_models(tiny_models)
-    assert set(models) == {"tiny-sd", "tiny-sdxl"}
+    assert set(models) == {"tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-flux"}
+    assert (models["tiny-sd3"].family, models["tiny-flux"].family) == ("sd3", "flux")
     sd, xl = models["tiny-sd"], models["tiny-sdxl"]
     assert (sd.family, xl.family) == ("sd1", "sdxl")
     assert sd.kinds == KINDS and xl.kinds == KINDS
@@ -124,7 +125,7 @@ def test_discover_with_only_broken_models_raises(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"family": "sd3"}, "family"),
+        ({"family": "sd4"}, "family"),
         ({"kinds": []}, "kinds"),
         ({"kinds": ["txt2img", "paint"]}, "kinds"),
         ({"default_width": 500}, "multiples of 8"),
@@ -395,9 +396,52 @@ def test_guess_manifest_from_configs(
 
 
 def test_guess_manifest_refuses_other_pipelines(tmp_path: Path) -> None:
-    folder = _hub_folder(tmp_path, "FluxPipeline")
-    with pytest.raises(fetch.FetchError, match="FluxPipeline"):
-        fetch.guess_manifest(folder, "black-forest-labs/flux", "flux")
+    folder = _hub_folder(tmp_path, "WanPipeline")
+    with pytest.raises(fetch.FetchError, match="WanPipeline"):
+        fetch.guess_manifest(folder, "wan-ai/wan", "wan")
+
+
+@pytest.mark.parametrize(
+    ("cls", "source", "guidance_embeds", "t5", "want"),
+    [
+        ("FluxPipeline", "black-forest-labs/FLUX.1-dev", True, True, ("flux", 28, 3.5, 512, True)),
+        ("FluxPipeline", "black-forest-labs/FLUX.1-schnell", False, True, ("flux", 4, 0.0, 256, True)),
+        (
+            "StableDiffusion3Pipeline",
+            "stabilityai/stable-diffusion-3.5-large",
+            None,
+            True,
+            ("sd3", 28, 4.0, 256, True),
+        ),
+        (
+            "StableDiffusion3Pipeline",
+            "org/sd3.5-medium-no-t5",
+            None,
+            False,
+            ("sd3", 28, 4.0, 256, False),
+        ),
+    ],
+)
+def test_guess_manifest_for_sd3_and_flux(
+    tmp_path: Path,
+    cls: str,
+    source: str,
+    guidance_embeds: bool | None,
+    t5: bool,
+    want: tuple[object, ...],
+) -> None:
+    folder = tmp_path / "m"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+    config = {} if guidance_embeds is None else {"guidance_embeds": guidance_embeds}
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    if t5:
+        (folder / "text_encoder_3").mkdir()
+    m = fetch.guess_manifest(folder, source, "m")
+    assert (m.family, m.default_steps, m.default_guidance, m.max_sequence_length, m.t5) == want
+    assert m.samplers == ("euler", "euler_karras") and m.size_multiple == 16 and m.default_width == 1024
+    write_manifest(folder, m)
+    assert load_manifest(folder) == m
 
 
 def test_slugs_are_model_names() -> None:
