@@ -351,6 +351,14 @@ async def test_idempotency_key_returns_the_same_job(api: inference_pb2_grpc.Infe
         ({"negative_prompt": "\x00"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_field", "negative_prompt"),
         ({"kind": "paint"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown_kind", "kind"),
         ({"kind": "img2img"}, grpc.StatusCode.INVALID_ARGUMENT, "missing_init_image", "init_image_id"),
+        # The transformer families' own limits, refused at submit (not later by the worker).
+        ({"model": "tiny-flux", "width": 72}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_size", "width"),
+        (
+            {"model": "tiny-flux", "sampler": "dpmpp_2m"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown_sampler",
+            "sampler",
+        ),
     ],
 )
 async def test_bad_requests_get_their_own_codes(
@@ -520,6 +528,9 @@ async def test_list_models_marks_the_default(api: inference_pb2_grpc.InferenceSt
     sd = by_name["tiny-sd"]
     assert sd.family == "sd1" and "txt2img" in sd.kinds and sd.default_width == 64
     assert sd.min_size == 64 and sd.max_size == 256 and "euler" in sd.samplers
+    # A flow-matching model lists only the samplers it can use.
+    assert set(by_name["tiny-flux"].samplers) == {"euler", "euler_karras"}
+    assert "dpmpp_2m" in sd.samplers
 
 
 # --- queue, limits and cancellation --------------------------------------------------------------

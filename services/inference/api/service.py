@@ -332,7 +332,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                     default_sampler=m.default_sampler,
                     min_size=m.min_size,
                     max_size=m.max_size,
-                    samplers=samplers,
+                    samplers=list(m.samplers) or samplers,
                     is_default=m.name == default,
                 )
                 for m in sorted(models.values(), key=lambda m: m.name)

@@ -102,10 +102,11 @@ def request_hash(req: inference_pb2.SubmitJobRequest) -> str:
 def _size(value: int, name: str, manifest: ModelManifest, default: int) -> int:
     if value == 0:
         return default
-    if value % 8 or not manifest.min_size <= value <= manifest.max_size:
+    step = manifest.size_multiple
+    if value % step or not manifest.min_size <= value <= manifest.max_size:
         raise invalid(
             "invalid_size",
-            f"{name} must be a multiple of 8 from {manifest.min_size} to {manifest.max_size} "
+            f"{name} must be a multiple of {step} from {manifest.min_size} to {manifest.max_size} "
             f"for model {manifest.name}; got {value}.",
             field=name,
         )
@@ -165,6 +166,14 @@ def normalize(
             field="guidance",
         )
     sampler = resolve_sampler(p.sampler) if p.sampler else manifest.default_sampler
+    if manifest.samplers and sampler not in manifest.samplers:
+        # The same check and sentence as the worker's (engine/requests.py): refused at submit.
+        raise invalid(
+            "unknown_sampler",
+            f"Sampler {p.sampler!r} does not work with {manifest.name} (a {manifest.family} model); "
+            f"use one of: {', '.join(manifest.samplers)}.",
+            field="sampler",
+        )
 
     n = p.n or 1
     if n > MAX_IMAGES:
