@@ -280,5 +280,6 @@ def discover_models(models_dir: Path) -> dict[str, ModelManifest]:
         found[manifest.name] = manifest
     if not found:
         raise ModelsDirError(f"no models in {models_dir}: run `make models`")
-    log.info("models found in %s: %s", models_dir, ", ".join(found))
+    # Read every few seconds by the job api and the workers: the callers say when the set changes.
+    log.debug("models found in %s: %s", models_dir, ", ".join(found))
     return found

@@ -51,7 +51,10 @@ class ModelCatalog:
         async with self._lock:
             if time.monotonic() - self._read_at >= self.refresh_s:
                 try:
-                    self._models = await asyncio.to_thread(discover_models, self.models_dir)
+                    found = await asyncio.to_thread(discover_models, self.models_dir)
+                    if set(found) != set(self._models):
+                        log.info("models installed: %s", ", ".join(sorted(found)))
+                    self._models = found
                     self._problem = ""
                 except ModelsDirError as exc:
                     if str(exc) != self._problem:

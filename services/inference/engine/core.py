@@ -102,6 +102,10 @@ class Engine:
 
     # --- requests -------------------------------------------------------------------------
 
+    def add_model(self, manifest: ModelManifest) -> None:
+        """Serves a model installed while running (the cache shares this dict; loaded on first use)."""
+        self.models[manifest.name] = manifest
+
     def validate(self, model: str, req: GenerationRequest) -> None:
         validate_request(self.models, model, req)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import tempfile
 from pathlib import Path
@@ -45,6 +46,38 @@ def served_models(settings: WorkerSettings) -> dict[str, ModelManifest]:
             f"{', '.join(missing)} not installed in {settings.models_dir}; installed: {', '.join(installed)}",
         )
     return {m: installed[m] for m in wanted}
+
+
+async def watch_models(worker: Worker, settings: WorkerSettings) -> None:
+    """Models installed while the worker runs are served without a restart (and, where the volume is
+    writable, `.safetensors` files dropped into `checkpoints/` are imported first, as A1111 does).
+
+    A worker told which models to serve (EASEL_WORKER_MODELS) keeps to them. A model removed from the
+    volume stays bound until the restart; the job api stops accepting its jobs at once."""
+    from services.inference.singlefile import sync_checkpoints
+
+    refusals: dict[str, float] = {}
+    models_dir = settings.models_dir
+    while not worker.stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.stopping.wait(), timeout=settings.worker_models_refresh_s)
+        if worker.stopping.is_set():
+            return
+        try:
+            if settings.worker_import_checkpoints and os.access(models_dir, os.W_OK):
+                await asyncio.to_thread(sync_checkpoints, models_dir, refusals)
+            installed = await asyncio.to_thread(discover_models, models_dir)
+        except (ModelsDirError, OSError) as exc:
+            log.warning("reading the model volume failed: %s", exc)
+            continue
+        if settings.served():
+            continue
+        for name, manifest in sorted(installed.items()):
+            if name not in worker.models:
+                try:
+                    await worker.add_model(manifest)
+                except Exception:  # a model that cannot be bound now is tried again next round
+                    log.exception("serving the new model %s failed", name)
 
 
 def writable_cache_dir(settings: WorkerSettings) -> Path | None:
@@ -164,6 +197,11 @@ async def main() -> None:
         log.info("worker ready", extra={"models": list(models), "worker": worker.name})
 
         running = asyncio.create_task(worker.run())
+        watcher = (
+            asyncio.create_task(watch_models(worker, settings))
+            if settings.worker_models_refresh_s > 0
+            else None
+        )
         stopping = asyncio.create_task(worker.stopping.wait())
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
         READY.set(0)
@@ -178,6 +216,10 @@ async def main() -> None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(running, timeout=10)
         stopping.cancel()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await worker.unbind()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), timeout=10)

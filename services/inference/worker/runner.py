@@ -91,6 +91,11 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.ready = False
         self._subs: dict[str, JetStreamContext.PullSubscription] = {}
+        # One fetch loop per model; models installed while running add theirs (add_model).
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._poll_s = 2.0
+        self._running = False
+        self._added = asyncio.Event()
         self.generation = GenerationThread()
         self._slots = asyncio.Semaphore(BATCHES_IN_HAND)
         self._batches: set[asyncio.Task[None]] = set()
@@ -132,22 +137,43 @@ class Worker:
         """Binds one durable pull consumer per model (shared by every worker serving it)."""
         await self.nc.subscribe(f"{CANCEL_SUBJECT_PREFIX}.*", cb=self._on_cancel)
         for name in self.models:
-            durable = worker_consumer_name(name)
-            # Create or update: a changed ack_wait or max_deliver takes effect for every worker.
-            await self.js.add_consumer(
-                JOBS_STREAM,
-                ConsumerConfig(
-                    name=durable,
-                    durable_name=durable,
-                    filter_subject=job_subject(name, ">"),
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self.settings.worker_ack_wait_s,
-                    max_deliver=self.settings.worker_max_deliver,
-                    max_ack_pending=-1,
-                ),
-            )
-            self._subs[name] = await self.js.pull_subscribe_bind(durable=durable, stream=JOBS_STREAM)
+            await self._bind_one(name)
         log.info("consumers bound", extra={"models": list(self.models)})
+
+    async def _bind_one(self, name: str) -> None:
+        """One model's durable pull consumer (shared by every worker serving it), bound."""
+        durable = worker_consumer_name(name)
+        # Create or update: a changed ack_wait or max_deliver takes effect for every worker.
+        await self.js.add_consumer(
+            JOBS_STREAM,
+            ConsumerConfig(
+                name=durable,
+                durable_name=durable,
+                filter_subject=job_subject(name, ">"),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.settings.worker_ack_wait_s,
+                max_deliver=self.settings.worker_max_deliver,
+                max_ack_pending=-1,
+            ),
+        )
+        self._subs[name] = await self.js.pull_subscribe_bind(durable=durable, stream=JOBS_STREAM)
+
+    async def add_model(self, manifest: ModelManifest) -> None:
+        """Serves a model installed while the worker runs: bound, then fetched from like the others.
+
+        The engine learns it on the generation thread, so no engine call sees its table change."""
+        if manifest.name in self._subs:
+            return
+        self.models[manifest.name] = manifest
+        await self.generation.run(functools.partial(self.engine.add_model, manifest))
+        await self._bind_one(manifest.name)
+        if self._running and not self._stopping.is_set():
+            self._start_loop(manifest.name)
+        log.info("model added", extra={"model": manifest.name})
+
+    def _start_loop(self, name: str) -> None:
+        self._loops[name] = asyncio.create_task(self._loop(name, self._subs[name], self._poll_s))
+        self._added.set()
 
     def stop(self) -> None:
         self.ready = False
@@ -171,9 +197,24 @@ class Worker:
     async def run(self) -> None:
         """Fetches until stopped, then waits for the batches in hand."""
         # With one model, a long poll; with several, short polls so each gets its turn at the GPU.
-        poll_s = 2.0 if len(self._subs) == 1 else 0.5
+        self._poll_s = 2.0 if len(self._subs) == 1 else 0.5
+        self._running = True
+        for name in list(self._subs):
+            self._start_loop(name)
         try:
-            await asyncio.gather(*(self._loop(name, sub, poll_s) for name, sub in self._subs.items()))
+            while True:
+                for task in self._loops.values():
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]  # a crashed loop ends the worker
+                pending = {t for t in self._loops.values() if not t.done()}
+                if not pending:
+                    break
+                self._added.clear()
+                added = asyncio.create_task(self._added.wait())
+                try:
+                    await asyncio.wait({*pending, added}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    added.cancel()
         finally:
             while self._batches:
                 await asyncio.wait(set(self._batches))

@@ -36,6 +36,11 @@ class WorkerSettings(CommonSettings):
     # A generation that has not finished a denoising step for this long makes the worker not live
     # (/livez answers 503, and Kubernetes restarts it). Model loading and idle time do not count.
     worker_stall_s: float = Field(default=300.0, gt=0.0)
+    # How often the model volume is read for models installed while running (0: never), and whether
+    # `.safetensors` files dropped into <models>/checkpoints/ are imported then (where the volume is
+    # writable: locally; in a cluster the volume is read-only and a job imports).
+    worker_models_refresh_s: float = Field(default=5.0, ge=0.0)
+    worker_import_checkpoints: bool = True
 
     # The GPU recipe (see accel.py). auto: reduce-overhead (CUDA graphs), channels-last and fused QKV
     # on CUDA; eager on a CPU.
