@@ -29,6 +29,24 @@ log = logging.getLogger("easel.supervisor")
 MAX_BACKOFF_S = 30.0
 
 
+def models_note(models_dir: Path) -> str:
+    """Says, when only the bundled test models are installed, that their pictures are noise and how
+    to add a real model (the first thing a new user needs to know)."""
+    try:
+        installed = [p.name for p in models_dir.iterdir() if (p / "easel-model.json").is_file()]
+    except OSError:
+        return ""
+    if any(not name.startswith("tiny-") for name in installed):
+        return ""
+    return (
+        "  The bundled models (tiny-*) are random weights for testing: their pictures are noise.\n"
+        "  Add a real one: drop a .safetensors checkpoint into "
+        f"{models_dir / 'checkpoints'}/ (picked up in seconds),\n"
+        "  or `make models MODELS=/path/to/model.safetensors` (or a hub id, where the network allows).\n"
+        "  See docs/models.md.\n"
+    )
+
+
 class AlreadyRunning(SystemExit):
     pass
 
@@ -106,7 +124,10 @@ class Supervisor:
             if not self.stopping:
                 url = self.stack.gateway_url
                 log.info("studio ready at %s", url)
-                print(f"\n  Easel is up: {url}\n  Press Ctrl-C to stop.\n", flush=True)
+                print(
+                    f"\n  Easel is up: {url}\n  Press Ctrl-C to stop.\n{models_note(self.stack.models_dir)}",
+                    flush=True,
+                )
             while not self.stopping:
                 self._watch()
                 time.sleep(0.5)

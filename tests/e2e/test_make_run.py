@@ -110,6 +110,8 @@ def test_supervisor_lifecycle(run_env: dict[str, str], tmp_path: Path) -> None:
         while f"Easel is up: {first.url}" not in first.output():
             assert time.monotonic() < deadline, first.output()[-3000:]
             time.sleep(0.1)
+        # With only the bundled test models, the banner says their pictures are noise and how to add one.
+        assert "random weights for testing" in first.output() and "checkpoints" in first.output()
         name = f"sv{uuid.uuid4().hex[:8]}"
         password = "a long and unusual passphrase"
         status, _ = _post(
