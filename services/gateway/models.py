@@ -431,6 +431,12 @@ class Model(TypedDict):
     min_size: int
     max_size: int
     samplers: list[str]
+    max_steps: Annotated[int, Field(description="The most denoising steps a request may ask for.")]
+    size_multiple: Annotated[int, Field(description="Width and height must be multiples of this.")]
+    sha256: Annotated[
+        str | None,
+        Field(description="A single-file checkpoint's sha256 (A1111's short hash is its first ten digits)."),
+    ]
 
 
 class ModelList(TypedDict):

@@ -158,6 +158,9 @@ def model(m: inference_pb2.ModelInfo) -> models.Model:
         "min_size": m.min_size,
         "max_size": m.max_size,
         "samplers": list(m.samplers),
+        "max_steps": m.max_steps,
+        "size_multiple": m.size_multiple or 8,
+        "sha256": m.sha256 or None,
     }
 
 

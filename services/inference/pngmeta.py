@@ -50,6 +50,8 @@ def a1111_text(params: dict[str, Any]) -> str:
             fields.append((label, _fmt_number(params[key])))
     if "width" in params and "height" in params:
         fields.append(("Size", f"{params['width']}x{params['height']}"))
+    if "model_hash" in params:
+        fields.append(("Model hash", params["model_hash"]))
     if "model" in params:
         fields.append(("Model", params["model"]))
     if params.get("kind") not in (None, "txt2img") and "strength" in params:
@@ -110,6 +112,8 @@ def parse_a1111(text: str) -> dict[str, Any]:
                 out["width"], out["height"] = int(w), int(h)
             elif key == "Model":
                 out["model"] = value
+            elif key == "Model hash":
+                out["model_hash"] = value
             elif key == "Denoising strength":
                 out["strength"] = float(value)
             elif key == "Sampler":
@@ -133,13 +137,20 @@ def _our_sampler(label: str, schedule: str) -> str:
 PNG_LEVEL = 1
 
 
+def with_engine_marks(image: Image.Image, params: dict[str, object]) -> dict[str, object]:
+    """`params` with what the engine marked on the image: offloaded weights (engine/budget.py) and
+    the model's hash (a single-file checkpoint's, A1111's short form)."""
+    for mark, key in (("easel_placement", "placement"), ("easel_model_hash", "model_hash")):
+        value = image.info.get(mark)
+        if isinstance(value, str) and key not in params:
+            params = {**params, key: value}
+    return params
+
+
 def encode_png(image: Image.Image, params: dict[str, object]) -> bytes:
     """The image as PNG with `params` in an `easel` JSON chunk and an A1111 `parameters` chunk."""
     info = PngImagePlugin.PngInfo()
-    placement = image.info.get("easel_placement")
-    if isinstance(placement, str) and "placement" not in params:
-        # The engine marks images made with offloaded weights (engine/budget.py).
-        params = {**params, "placement": placement}
+    params = with_engine_marks(image, params)
     info.add_text(EASEL_CHUNK, json.dumps(params, sort_keys=True, default=str))
     # add_text falls back to an iTXt chunk when the text is not Latin-1 (prompts often are not).
     info.add_text(A1111_CHUNK, a1111_text(dict(params)))

@@ -16,6 +16,7 @@ import pytest
 
 from easel.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.ldm_export import export_sd_checkpoint
+from services.inference.singlefile import sha256_of
 from services.local.stack import Ports, Stack
 from tests.integration.test_inference_api import TERMINAL, actor, txt2img, wait_status
 from tests.stacks import create_database
@@ -86,6 +87,9 @@ async def test_a_dropped_file_is_served_without_a_restart_and_its_removal_unlist
     partial.rename(volume / "checkpoints" / "Dropped Model.safetensors")
     seconds = await wait_listed(api, "dropped-model", present=True)
     assert seconds < 30
+    info = {m.name: m for m in (await api.ListModels(inference_pb2.ListModelsRequest())).models}
+    assert info["dropped-model"].sha256 == sha256_of(made) and not info["tiny-sd"].sha256
+    assert info["dropped-model"].max_steps == info["tiny-sd"].max_steps > 0
 
     who = actor("dropper")
     job = await api.SubmitJob(txt2img(who, model="dropped-model", steps=2, n=1))

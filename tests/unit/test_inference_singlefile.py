@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from services.common.errors import EaselError
-from services.inference.engine import Engine, GenerationRequest
+from services.inference.engine import Engine, GenerationRequest, encode_png
 from services.inference.ldm_export import export_sd_checkpoint
 from services.inference.models import discover_models
 from services.inference.singlefile import (
@@ -109,6 +110,11 @@ def test_an_imported_file_gives_the_pixels_of_its_diffusers_folder(
     [from_file] = engine.generate(name, [txt2img(5)])
     for a, b in zip(from_folder, from_file, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+    # Its PNGs carry A1111's "Model hash" (the short sha256), as model sites expect.
+    with Image.open(io.BytesIO(encode_png(from_file[0], {"model": name, "prompt": "a red cat"}))) as png:
+        assert f"Model hash: {manifest.sha256[:10]}, Model: {name}" in png.text["parameters"]
+    with Image.open(io.BytesIO(encode_png(from_folder[0], {"model": base, "prompt": "a red cat"}))) as png:
+        assert "Model hash" not in png.text["parameters"]  # a diffusers folder has no one file to hash
     assert np.asarray(from_file[0]).std() > 1  # a picture, not a blank
 
 

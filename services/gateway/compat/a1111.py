@@ -505,10 +505,11 @@ async def sd_models(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         [
             {
-                "title": m.name,
+                # A1111's title is "<file> [<short hash>]"; lookups take it with or without the hash.
+                "title": f"{m.name} [{m.sha256[:10]}]" if m.sha256 else m.name,
                 "model_name": m.name,
-                "hash": None,
-                "sha256": None,
+                "hash": m.sha256[:10] if m.sha256 else None,
+                "sha256": m.sha256 or None,
                 "filename": m.name,
                 "config": None,
             }

@@ -334,6 +334,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                     max_size=m.max_size,
                     samplers=list(m.samplers) or samplers,
                     is_default=m.name == default,
+                    max_steps=m.max_steps,
+                    size_multiple=m.size_multiple,
+                    sha256=m.sha256 or "",
                 )
                 for m in sorted(models.values(), key=lambda m: m.name)
             ]

@@ -215,6 +215,11 @@ class Engine:
             # Reported with the image: encode_png writes it into the PNG's parameters.
             for image in images:
                 image.info["easel_placement"] = loaded.placement
+        if loaded.manifest.sha256:
+            # A single-file checkpoint's hash, as A1111 writes it ("Model hash"), so model sites can
+            # link the image to its model.
+            for image in images:
+                image.info["easel_model_hash"] = loaded.manifest.sha256[:10]
         out: list[list[Image.Image]] = []
         at = 0
         for req in reqs:

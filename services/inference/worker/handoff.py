@@ -22,6 +22,7 @@ from services.inference.messages import (
     completed_msg_id,
     image_params,
 )
+from services.inference.pngmeta import with_engine_marks
 
 from .delivery import NATS_ERRORS, Deliveries, Job, Retry
 from .metrics import HANDOFF_RETRIES, IMAGES_GENERATED, JOBS_PROCESSED
@@ -46,7 +47,8 @@ def new_images(
     """A job's images as the gallery stores them: PNGs recording how each was made (CPU-bound)."""
     out = []
     for index, img in enumerate(images):
-        made = image_params(model, kind, params, index, img.width, img.height)
+        # The gallery's record gets what the PNG gets, the engine's marks (offload, model hash) too.
+        made = with_engine_marks(img, image_params(model, kind, params, index, img.width, img.height))
         out.append(gallery_pb2.NewImage(index=index, png=encode_png(img, made), params_json=json.dumps(made)))
     return out
 
