@@ -193,7 +193,7 @@ async def test_replicas_never_send_more_than_the_window(
     pool: asyncpg.Pool, nc: NATS, postgres_url: str
 ) -> None:
     """Several api replicas (own pools, own NATS connections) dispatching at once: each job is sent
-    once, and never more than the window are sent and not started."""
+    once, and never more than the window are sent and not yet denoised."""
     js = nc.jetstream()
     store = JobStore(pool, in_flight_limit=100, daily_limit=1000, cost_limit=10**15)
     model = name("m")
@@ -206,10 +206,12 @@ async def test_replicas_never_send_more_than_the_window(
         now = [i for r in rounds for i in r]
         assert 1 <= len(now) <= 3
         sent += now
-        # A worker starts them: no longer counted against the window, and a new round may send.
-        await pool.execute(
-            "UPDATE jobs SET status = 'running' WHERE id = ANY($1::uuid[])", [uuid.UUID(i) for i in now]
-        )
+        # A worker starts them: still counted against the window while they denoise...
+        running = [uuid.UUID(i) for i in now]
+        await pool.execute("UPDATE jobs SET status = 'running', step = 0 WHERE id = ANY($1::uuid[])", running)
+        assert await replicas[0].dispatch(model) == []
+        # ...and no longer once their last step is done: a new round may send.
+        await pool.execute("UPDATE jobs SET step = steps WHERE id = ANY($1::uuid[])", running)
     assert sorted(sent) == sorted(ids) and len(set(sent)) == len(sent)
     assert sorted(await published(js, model)) == sorted(ids)
     await finish(pool, sent)

@@ -5,10 +5,13 @@ behind all of it (issue 18: a 64x64 job waited 338 s). So jobs wait in Postgres,
 small window of them per model:
 
 - Window. A model's jobs are published to `easel.jobs.<model>.<kind>` only while fewer than
-  `EASEL_DISPATCH_WINDOW` of them are sent and not yet started (status `queued` with `dispatched_at`
-  set: in the stream, or fetched by a worker that has not begun them). A job that starts, ends or is
-  cancelled frees its place. The window should be about what the workers take at once (batch size
-  times workers), so a newcomer's job waits for about one batch, not for a whole backlog.
+  `EASEL_DISPATCH_WINDOW` of them are sent and not yet denoised: queued with `dispatched_at` set (in
+  the stream, or fetched by a worker that has not begun them) or running before their last denoising
+  step. A job frees its place when its last step is done (the worker reports that step, and the VAE
+  decode, PNGs and upload of its batch then overlap the next batch's dispatch and fetch), or when it
+  ends or is cancelled. With the window at what the workers denoise at once (batch size times
+  workers), nothing is committed ahead of a running batch: a newcomer's job waits for about the
+  batch running now, not for a whole backlog nor for a batch queued ahead of it.
 - Order. Start-time fair queueing over owners, each job weighted by its cost (pixel-steps: width x
   height x steps x images). At submit a job gets the start tag max(clock, owner's virtual finish) and
   moves the owner's virtual finish on by its cost (migration 0003's `submit_job`, under the owner's
@@ -21,10 +24,10 @@ small window of them per model:
   them sent, advances the clock, commits. Two replicas never send past the window; a replica that
   dies after publishing and before committing leaves the jobs held, and the next dispatch publishes
   them again, which JetStream de-duplicates.
-- Triggers. A submit, an event that starts or ends a job (the api applies every worker event), a
-  cancel, and a periodic tick (which also retries after NATS or Postgres was down). Kicks for a model
-  coalesce within a replica: at most one dispatch per model runs at once, plus one more if kicked
-  meanwhile.
+- Triggers. A submit, an event that starts or ends a job or reports its last denoising step (the
+  api applies every worker event), a cancel, and a periodic tick (which also retries after NATS or
+  Postgres was down). Kicks for a model coalesce within a replica: at most one dispatch per model
+  runs at once, plus one more if kicked meanwhile.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ class Dispatcher:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('easel-dispatch:' || $1))", model)
             sent = await conn.fetchval(
                 """SELECT count(*) FROM jobs
-                   WHERE model = $1 AND status = 'queued' AND dispatched_at IS NOT NULL""",
+                   WHERE model = $1 AND dispatched_at IS NOT NULL
+                     AND (status = 'queued' OR (status = 'running' AND step < steps))""",
                 model,
             )
             room = self.window - int(sent)

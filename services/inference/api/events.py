@@ -57,6 +57,12 @@ def note_applied(event: JobEventMessage, row: JobRow | None) -> None:
         )
 
 
+def frees_dispatch(event: JobEventMessage) -> bool:
+    """Whether the event may have freed a place in the dispatch window: a job started, ended, or
+    reported its last denoising step (api/dispatch.py)."""
+    return event.type != "progress" or (event.steps > 0 and event.step >= event.steps)
+
+
 class EventApplier:
     def __init__(
         self, js: JetStreamContext, store: JobStore, on_change: Callable[[str], None] | None = None
@@ -126,7 +132,7 @@ class EventApplier:
             await msg.nak(delay=2.0)
             return
         note_applied(event, row)
-        if row is not None and self.on_change is not None and event.type != "progress":
+        if row is not None and self.on_change is not None and frees_dispatch(event):
             self.on_change(row.model)
         try:
             await msg.ack()

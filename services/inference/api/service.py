@@ -34,7 +34,7 @@ from services.inference.models import ModelManifest
 from services.inference.schedulers import sampler_names
 
 from .dispatch import Dispatcher
-from .events import note_applied
+from .events import frees_dispatch, note_applied
 from .metrics import CACHE_HITS, JOBS_SUBMITTED, WATCH_STREAMS
 from .settings import InferenceApiSettings
 from .sizes import edit_size
@@ -431,7 +431,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 if not apply_to_proto(job, event):
                     continue
                 seq = msg.metadata.sequence.stream
-                if event.type != "progress":
+                if frees_dispatch(event):
                     # The durable applier may not have got here yet; applying is idempotent, and then
                     # a GetJob right after this event agrees with it.
                     applied = await self.store.apply_event(event, seq)

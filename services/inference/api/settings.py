@@ -28,8 +28,9 @@ class InferenceApiSettings(DatabaseSettings):
     jobs_in_flight_cost_limit: int = Field(default=DEFAULT_COST_LIMIT, ge=1)
 
     # Fair dispatch: jobs wait in Postgres and at most this many per model are sent to the workers and
-    # not yet started. About what the workers take at once (batch size x workers): larger keeps GPUs
-    # fed through bursts, smaller lets a newcomer's job overtake a backlog sooner.
+    # not yet denoised (a job frees its place at its last denoising step). About what the workers
+    # denoise at once (batch size x workers): then a newcomer's job waits for about one batch; larger
+    # commits jobs ahead of it (and shows a backlog as consumer lag for autoscaling).
     dispatch_window: int = Field(default=4, ge=1, le=10_000)
     # How often every replica looks for held jobs (besides dispatching on submits and job events).
     dispatch_interval_s: float = Field(default=1.0, gt=0, le=60)

@@ -97,7 +97,9 @@ class Batches:
             self.stall.beat()
             for job in live:
                 job.step, job.steps = step, steps
-            if step == 1 or now - last[0] >= self.progress_interval_s:
+            # The last step is always reported: it frees the job's place in the api's dispatch window
+            # (api/dispatch.py), so the next batch is sent while this one decodes and is delivered.
+            if step == 1 or step >= steps or now - last[0] >= self.progress_interval_s:
                 last[0] = now
                 loop.call_soon_threadsafe(self._progress, live, step, steps)
             for job in live:
