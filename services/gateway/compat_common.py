@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -26,7 +25,6 @@ from typing import Any
 
 import grpc
 from aiohttp import BasicAuth, web
-from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, ImageOps
 
 from easel.auth.v1 import auth_pb2
@@ -37,6 +35,8 @@ from services.common.errors import EaselError, invalid, unauthenticated, unavail
 from services.common.grpc_client import stream_user_errors, user_errors
 
 from . import textcheck
+from .api import uploads
+from .api.uploads import file_bytes, is_multipart, read_form
 from .api_jobs import SHUTTING_DOWN
 from .bodies import JSON_TYPES, Body
 from .clients import CLIENTS
@@ -141,36 +141,6 @@ def check_text(value: object, field: str, depth: int = 0) -> None:
             check_text(item, field, depth + 1)
 
 
-def is_multipart(request: web.Request) -> bool:
-    return request.content_type == "multipart/form-data"
-
-
-async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, list[web.FileField]]]:
-    """A multipart or urlencoded form: its text fields (first value wins) and its files by name."""
-    try:
-        form = await request.post()
-    except (ValueError, LookupError, HttpProcessingError):  # malformed: no boundary, bad part headers
-        raise invalid(
-            "invalid_form", "The form body could not be read; send well-formed multipart/form-data."
-        ) from None
-    textcheck.check_form(form)
-    fields: dict[str, str] = {}
-    files: dict[str, list[web.FileField]] = {}
-    for name, value in form.items():
-        if isinstance(value, web.FileField):
-            files.setdefault(name, []).append(value)
-        elif isinstance(value, str):
-            fields.setdefault(name, value)
-        else:  # bytes: a part without a filename but with a binary content type
-            fields.setdefault(name, value.decode("utf-8", "replace"))
-    return fields, files
-
-
-async def file_bytes(upload: web.FileField) -> bytes:
-    # The form parser spooled the part to a temporary file: reading it is blocking I/O.
-    return await asyncio.to_thread(upload.file.read)
-
-
 def typed_form(
     fields: Mapping[str, str], ints: frozenset[str], numbers: frozenset[str], field_names: dict[str, str]
 ) -> Body:
@@ -202,36 +172,10 @@ def typed_form(
     return Body(data)
 
 
-def _decode_base64(value: str, field: str) -> bytes:
-    text = value.strip()
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise invalid(
-                "invalid_base64",
-                f"'{field}' is a data URL without base64 data; send plain base64 or a base64 data URL.",
-                field=field,
-            )
-    # Some encoders wrap base64 at 76 columns; whitespace carries nothing.
-    compact = "".join(text.split())
-    if not compact:
-        raise invalid("missing_image", f"'{field}' is empty; send the image as base64.", field=field)
-    try:
-        return base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid(
-            "invalid_base64",
-            f"'{field}' is not valid base64; send the image file's bytes base64-encoded.",
-            field,
-        ) from None
-
-
 async def decode_base64(value: object, field: str) -> bytes:
     if not isinstance(value, str):
         raise invalid("invalid_field", f"'{field}' must be a base64 string.", field=field)
-    if len(value) < 64 * 1024:
-        return _decode_base64(value, field)
-    return await asyncio.to_thread(_decode_base64, value, field)
+    return await uploads.decode_base64(value, field)
 
 
 async def encode_base64(data: bytes) -> str:

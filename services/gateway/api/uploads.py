@@ -17,6 +17,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from services.common.errors import invalid
 
+from .. import textcheck
+
 # An image and a mask, possibly as base64 inside JSON, need more room than the API's ordinary JSON
 # bodies (EASEL_MAX_BODY_BYTES). Gallery still enforces its own per-image limits on each upload.
 UPLOAD_MAX_BODY_BYTES = 48 * 1024 * 1024
@@ -48,6 +50,7 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], dict[str, lis
         raise invalid(
             "invalid_form", "The form body could not be read; send well-formed multipart/form-data."
         ) from None
+    textcheck.check_form(form)  # NUL and lone surrogates in names, values and file names: 400
     fields: dict[str, str] = {}
     files: dict[str, list[web.FileField]] = {}
     for name, value in form.items():
