@@ -243,7 +243,9 @@ async def test_a_paused_worker_whose_job_went_elsewhere_stores_nothing(
     first_port = stack.ports.metrics[WORKER]
     await asyncio.to_thread(stack.wait_ready, WORKER)
     who = actor("paused")
-    job = await api.SubmitJob(job_request(who, steps=12, n=2, prompt="a quarry"))
+    # Long enough that the pause lands mid-generation on an idle machine too (64x64 at 12 steps ended
+    # before its progress event was read).
+    job = await api.SubmitJob(job_request(who, steps=30, n=2, width=128, height=128, prompt="a quarry"))
     stream = api.WatchJob(inference_pb2.WatchJobRequest(actor=who, job_id=job.id), timeout=120)
     async for event in stream:
         if event.type == "progress" and event.job.step >= 2:
@@ -295,7 +297,8 @@ async def test_a_generation_that_stops_advancing_reports_not_live(
     await asyncio.to_thread(stack.wait_ready, WORKER)
     assert await asyncio.to_thread(get, port, "/livez") == 200
     who = actor("stalled")
-    job = await api.SubmitJob(job_request(who, steps=4, prompt="a dam"))
+    # Steps well over the 0.02 s limit even on an idle CPU (a 64x64 step took about 10 ms).
+    job = await api.SubmitJob(job_request(who, steps=6, n=2, width=256, height=256, prompt="a dam"))
     codes: list[tuple[int, int]] = []
     deadline = time.monotonic() + 90
     while True:

@@ -50,7 +50,9 @@ SERVICES = ("auth", "gallery", "inference-api", "inference-worker", "gateway")
 # A job that takes a few seconds on a CPU: long enough to act while it runs.
 LONG = {"width": 128, "height": 128, "steps": 40, "n": 2}
 # Long enough to stop a service mid-generation, short enough for a loaded 2-core machine.
-SHORT = {"steps": 12, "n": 2}
+# Long enough (about 3 s on an idle 2-core CPU) that a fault lands mid-generation, short enough for a
+# loaded machine: a 64x64 job of 12 steps finished in 0.3 s, between two polls.
+SHORT = {"steps": 30, "n": 2, "width": 128, "height": 128}
 
 
 @pytest.fixture(scope="module")
