@@ -339,6 +339,9 @@ def compile_log_lines(stack: Stack) -> list[str]:
     return [line for line in path.read_text(errors="replace").splitlines() if "compiled tiny-sd" in line]
 
 
+# Slow (a cold compile in a real worker, about 1.5 min): `make test-slow`, which CI runs too. The
+# compiled path and a warm restart are also checked in `make test` by tests/unit/test_gpu_check.py.
+@pytest.mark.slow
 async def test_compiled_worker_serves_jobs_and_restarts_from_its_compile_cache(
     stack: Stack, api: inference_pb2_grpc.InferenceStub, no_worker: None, tmp_path: Path
 ) -> None:

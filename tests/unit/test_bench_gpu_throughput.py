@@ -88,6 +88,9 @@ def test_tiny_mode_prints_a_sane_table(bench: ModuleType, models_dir: Path, caps
     assert "- restart to first image: not measured" in out
 
 
+# Slow (a cold CPU compile): `make test-slow`, which CI runs too. tests/unit/test_gpu_check.py runs
+# the same compiled variant and restart probe through bench/gpu_check.sh in `make test`.
+@pytest.mark.slow
 @pytest.mark.timeout(420)  # a cold CPU compile of two batch sizes: a minute or more on a busy machine
 def test_compiled_variant_and_a_warm_restart(models_dir: Path) -> None:
     """The compiled path end to end on the CPU: compiled at load (cold cache, in the bench's
