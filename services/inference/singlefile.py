@@ -507,7 +507,9 @@ def _open_clip_encoder(file: Path, config_dir: Path, dtype: Any) -> Any:
     prefix = "conditioner.embedders.1.model."
     with safe_open(str(file), framework="pt") as fh:
         state = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}
-    model = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(config_dir)))
+    # A config folder on the model volume, read offline: never a hub download.
+    config = CLIPTextConfig.from_pretrained(str(config_dir), local_files_only=True)  # nosec B615
+    model = CLIPTextModelWithProjection(config)
     converted = convert_open_clip_checkpoint(model, state, prefix=prefix)  # type: ignore[no-untyped-call]
     model.load_state_dict(converted, strict=True)
     if dtype is not None:
