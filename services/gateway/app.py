@@ -25,7 +25,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
     """The gRPC channels open with the app and close with it."""
     clients = open_clients(app[STATE].settings)
     app[STATE].backend = Backend(clients)
-    app[CLIENTS] = clients  # legacy key, for the faces not yet on the backend (compat_*, pages)
+    app[CLIENTS] = clients  # legacy key, for what is not yet on the backend (compat_*, web_account)
     yield
     await clients.close()
 
@@ -44,8 +44,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
         client_buckets=TokenBuckets(settings.rate_limit_client_per_s, settings.rate_limit_client_burst),
     )
     app[STATE] = state
-    # Legacy keys onto the same objects, for the modules other changes are rewriting (compat_*,
-    # the pages): to be dropped once they read app[STATE].
+    # Legacy keys onto the same objects, for modules other changes are rewriting (compat_* read all
+    # three, urls.settings_of reads SETTINGS): to be dropped once they read app[STATE].
     app[SETTINGS] = settings
     app[SHUTTING_DOWN] = state.shutting_down
     app.cleanup_ctx.append(_backend)
