@@ -15,13 +15,10 @@ import hashlib
 import hmac
 import io
 import logging
-import math
 import re
 import secrets
 import struct
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
 
 import grpc
 from aiohttp import BasicAuth, web
@@ -106,69 +103,6 @@ async def read_body(request: web.Request, required: bool = True) -> Body:
     data = textcheck.loads(raw)  # the gateway's one JSON decoder: syntax, numbers, NUL, surrogates
     if not isinstance(data, dict):
         raise invalid("invalid_body", 'The body must be a JSON object, like {"prompt": "..."}.')
-    for name, value in data.items():
-        check_text(value, name)
-    return Body(data)
-
-
-def _bad_text(text: str) -> bool:
-    if "\x00" in text:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (JSON can spell one as "\ud800")
-        return True
-    return False
-
-
-def check_text(value: object, field: str, depth: int = 0) -> None:
-    """Refuses NUL characters and lone surrogates anywhere in a field (nested too): no stored text
-    can hold them, so they would fail further on instead of here, with a 400 naming the field."""
-    if isinstance(value, str):
-        if _bad_text(value):
-            raise invalid(
-                "invalid_field",
-                f"'{field}' contains a NUL character or an unpaired surrogate; send plain text without "
-                "NUL characters or broken Unicode.",
-                field=field,
-            )
-    elif isinstance(value, dict) and depth < 32:
-        for key, item in value.items():
-            check_text(key, field, depth + 1)
-            check_text(item, field, depth + 1)
-    elif isinstance(value, list) and depth < 32:
-        for item in value:
-            check_text(item, field, depth + 1)
-
-
-def typed_form(
-    fields: Mapping[str, str], ints: frozenset[str], numbers: frozenset[str], field_names: dict[str, str]
-) -> Body:
-    """Form fields (all text) as a JSON-like Body: the named numeric fields parsed, empty ones absent.
-
-    `field_names` renames fields on the way in (the error then names the field as it was sent)."""
-    data: dict[str, Any] = {}
-    for sent, raw in fields.items():
-        check_text(raw, sent)
-        name = field_names.get(sent, sent)
-        text = raw.strip()
-        if text == "":
-            continue
-        if name in ints:
-            try:
-                data[name] = int(text)
-            except ValueError:
-                raise invalid("invalid_field", f"'{sent}' must be a whole number.", field=sent) from None
-        elif name in numbers:
-            try:
-                value = float(text)
-            except ValueError:
-                raise invalid("invalid_field", f"'{sent}' must be a number.", field=sent) from None
-            if not math.isfinite(value):
-                raise invalid("invalid_field", f"'{sent}' must be a number.", field=sent)
-            data[name] = value
-        else:
-            data[name] = raw
     return Body(data)
 
 
@@ -576,7 +510,6 @@ __all__ = [
     "basic_credentials",
     "basic_principal",
     "cancel_job",
-    "check_text",
     "decode_base64",
     "encode_base64",
     "encode_png",
@@ -599,7 +532,6 @@ __all__ = [
     "read_image",
     "submit_job",
     "transparent_to_white",
-    "typed_form",
     "upload_image",
     "wait_for_job",
     "with_upload_limit",

@@ -42,6 +42,7 @@ from easel.inference.v1 import inference_pb2
 from services.common.errors import EaselError, invalid, unauthenticated
 from services.common.grpc_client import user_errors
 
+from ..api.uploads import typed_form
 from ..api_edits import DEFAULT_EDIT_PROMPT, Source, edit_params, submit_edit
 from ..api_jobs import generation_params
 from ..bodies import Body
@@ -65,7 +66,6 @@ from ..compat_common import (
     read_image,
     submit_job,
     transparent_to_white,
-    typed_form,
     wait_for_job,
     with_upload_limit,
 )
@@ -298,7 +298,7 @@ async def multipart_form(request: web.Request) -> tuple[Body, dict[str, list[web
     # one is the picture to edit, as the mask applies to the first image at OpenAI.
     if "image[]" in files:
         files.setdefault("image", []).extend(files.pop("image[]"))
-    return typed_form(fields, FORM_INTS, FORM_NUMBERS, {}), files
+    return Body(typed_form(fields, FORM_INTS, FORM_NUMBERS)), files
 
 
 async def image_file(
